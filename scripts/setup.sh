@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Set up mmrobust on a fresh machine: eSpeak NG (system package, for MM-Digits speech), a virtual
+# environment in .venv, the CPU build of torch 2.13.0 (installed first, so pip never resolves a
+# CUDA build), then the package itself. Idempotent: rerunning only checks what is there.
+#   bash scripts/setup.sh        # runtime
+#   bash scripts/setup.sh dev    # + test and lint tools
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-}"
+
+if ! command -v espeak-ng >/dev/null 2>&1; then
+  echo "[setup] installing espeak-ng (Debian package)"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+    echo "[setup] error: espeak-ng is missing and this user cannot install system packages;" >&2
+    echo "[setup] ask an administrator for: apt-get install espeak-ng" >&2
+    exit 1
+  fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq espeak-ng >/dev/null
+fi
+
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating .venv"
+  "$PY" -m venv .venv
+fi
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+echo "[setup] installing torch==2.13.0 (CPU)"
+.venv/bin/python -m pip install -q torch==2.13.0
+spec="."
+[ -n "$extras" ] && spec=".[$extras]"
+echo "[setup] installing mmrobust ($spec)"
+.venv/bin/python -m pip install -q -e "$spec"
+if [[ "$extras" == *dev* ]]; then
+  # Reference attack library for equivalence tests and benchmarks only; --no-deps so it can never
+  # replace the CPU torch wheel.
+  .venv/bin/python -m pip install -q --no-deps torchattacks==3.5.1
+fi
+.venv/bin/python -c "import torch, mmrobust; print(f'[setup] ok: mmrobust {mmrobust.__version__}, torch {torch.__version__}')"

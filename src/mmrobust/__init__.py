@@ -1,0 +1,50 @@
+"""mmrobust: measure, certify and improve the robustness of multimodal fusion models.
+
+Models take a **dict of modalities**; every threat is stated per modality.
+
+Example:
+    >>> import mmrobust as mr
+    >>> data = mr.datasets.load("mmdigits")                                  # doctest: +SKIP
+    >>> model = mr.models.create("late", spec=data.spec)                     # doctest: +SKIP
+    >>> mr.train(model, data)                                                # doctest: +SKIP
+    >>> missing = mr.attacks.create("missing", modalities="audio", fill="drop")  # doctest: +SKIP
+    >>> result = mr.evaluate(model, data.test, [missing])                    # doctest: +SKIP
+    >>> print(result.table())                                                # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from mmrobust import attacks, datasets, models
+from mmrobust.errors import (
+    CacheError,
+    ConfigError,
+    InputError,
+    MMRobustError,
+    UnknownNameError,
+    UnsupportedError,
+)
+from mmrobust.evaluate import EvaluationResult, evaluate
+from mmrobust.spec import DatasetSpec, ModalitySpec
+from mmrobust.train import TrainConfig, TrainResult, train
+
+__all__ = [
+    "CacheError",
+    "ConfigError",
+    "DatasetSpec",
+    "EvaluationResult",
+    "InputError",
+    "MMRobustError",
+    "ModalitySpec",
+    "TrainConfig",
+    "TrainResult",
+    "UnknownNameError",
+    "UnsupportedError",
+    "__version__",
+    "attacks",
+    "datasets",
+    "evaluate",
+    "models",
+    "train",
+]

@@ -1,0 +1,57 @@
+"""Robustness conditions behind one interface: attacks, corruptions, missing modalities.
+
+Example:
+    >>> import mmrobust as mr
+    >>> cond = mr.attacks.create("missing", modalities="audio", fill="drop")
+    >>> cond.id
+    'missing[audio|fill=drop]'
+    >>> pgd = mr.attacks.create("pgd", modalities=["audio"], norm="linf", eps=0.1, steps=20)
+    >>> pgd.family
+    'attack'
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mmrobust.attacks.base import Condition, ConditionOutput, EvalContext
+from mmrobust.attacks.fgsm import FGSM
+from mmrobust.attacks.gradient import LOSSES, AttackOutput, GradientAttack
+from mmrobust.attacks.missing import FILLS, Missing
+from mmrobust.attacks.pgd import PGD
+from mmrobust.attacks.threat import ResolvedThreat, ThreatModel
+from mmrobust.registry import Registry
+
+ATTACKS: Registry[Condition] = Registry("attack")
+ATTACKS.register("missing")(Missing)
+ATTACKS.register("fgsm")(FGSM)
+ATTACKS.register("pgd")(PGD)
+
+
+def create(name: str, **hparams: Any) -> Condition:
+    """Build a registered condition (attack, corruption or missing modality) by name."""
+    return ATTACKS.create(name, **hparams)
+
+
+def names() -> list[str]:
+    """Registered condition names."""
+    return ATTACKS.names()
+
+
+__all__ = [
+    "ATTACKS",
+    "FGSM",
+    "FILLS",
+    "LOSSES",
+    "PGD",
+    "AttackOutput",
+    "Condition",
+    "ConditionOutput",
+    "EvalContext",
+    "GradientAttack",
+    "Missing",
+    "ResolvedThreat",
+    "ThreatModel",
+    "create",
+    "names",
+]

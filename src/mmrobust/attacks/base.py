@@ -1,0 +1,112 @@
+"""The common interface of every robustness condition: attacks, corruptions, missing modalities.
+
+A :class:`Condition` maps a clean dict batch to the batch the model is evaluated on (plus the
+modalities it declares absent and per-sample extras such as achieved norms). Constructors take
+hyper-parameters only and validate them; :meth:`Condition.check` validates against a model;
+:meth:`Condition.apply` takes data. The evaluator and the runner treat all conditions alike.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from mmrobust.datasets.dataset import ModalityStats
+from mmrobust.errors import InputError
+from mmrobust.models.base import MultimodalModel
+
+
+@dataclass
+class ConditionOutput:
+    """A condition's result on one batch.
+
+    Attributes:
+        x: The batch to evaluate (untouched modalities are the very same tensors).
+        drop: Modalities declared absent (the model is called with ``drop=``).
+        info: Per-sample extras, each a tensor of shape (N,) (e.g. ``norm/audio``).
+        embeddings: Token-embedding overrides ``{m: (N, L, D)}`` for text modalities attacked
+            through their embeddings (the model is called with ``embeddings=``).
+    """
+
+    x: dict[str, Tensor]
+    drop: tuple[str, ...] = ()
+    info: dict[str, Tensor] = field(default_factory=dict)
+    embeddings: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class EvalContext:
+    """What a condition may need besides the batch.
+
+    Attributes:
+        stats: Training-split statistics per modality (mean / std / token mode).
+        generator: Seeded generator for this batch's randomness.
+        seed: The evaluation seed.
+    """
+
+    stats: Mapping[str, ModalityStats]
+    generator: torch.Generator
+    seed: int = 0
+
+
+class Condition(ABC):
+    """Base class of attacks, corruptions and missing-modality conditions.
+
+    Subclasses set ``name`` (the registry name) and ``family`` (``attack``, ``corruption``,
+    ``missing``) and implement :meth:`params` and :meth:`apply`.
+    """
+
+    name: ClassVar[str] = "condition"
+    family: ClassVar[str] = "attack"
+
+    def __init__(self, modalities: str | list[str] | tuple[str, ...]) -> None:
+        if isinstance(modalities, str):
+            modalities = [modalities]
+        mods = list(modalities)
+        if not mods or not all(isinstance(m, str) and m for m in mods):
+            raise InputError(f"{self.name}: modalities must be a non-empty list of names, got {modalities!r}")
+        if len(set(mods)) != len(mods):
+            raise InputError(f"{self.name}: duplicate modalities in {mods}")
+        self.modalities = mods
+
+    @abstractmethod
+    def params(self) -> dict[str, Any]:
+        """Hyper-parameters recorded with every result (JSON-friendly)."""
+
+    @property
+    def id(self) -> str:
+        """Stable, human-readable identifier, e.g. ``missing[audio|fill=drop]``."""
+        kv = ",".join(f"{k}={v}" for k, v in self.params().items() if k != "modalities")
+        return f"{self.name}[{'+'.join(self.modalities)}{'|' + kv if kv else ''}]"
+
+    def describe(self) -> dict[str, Any]:
+        """Id, family, name, modalities and params."""
+        return {
+            "condition": self.id,
+            "family": self.family,
+            "name": self.name,
+            "modalities": "+".join(self.modalities),
+            **{k: v for k, v in self.params().items() if k != "modalities"},
+        }
+
+    def check(self, model: MultimodalModel) -> None:
+        """Raise a clear error if this condition cannot run on ``model``."""
+        for m in self.modalities:
+            if m not in model.modalities:
+                raise InputError(
+                    f"{self.name}: unknown modality {m!r}; the model has {model.modalities}"
+                )
+
+    @abstractmethod
+    def apply(
+        self, model: MultimodalModel, x: dict[str, Tensor], y: Tensor, ctx: EvalContext
+    ) -> ConditionOutput:
+        """Produce the evaluated batch from the clean batch ``x`` with labels ``y``."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.params().items())})"

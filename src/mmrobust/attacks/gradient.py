@@ -1,0 +1,333 @@
+"""Shared machinery of white-box gradient attacks on dict inputs (FGSM/FGM, PGD, ...).
+
+:class:`GradientAttack` is the small base every gradient attack subclasses (in the spirit of
+torchattacks' ``Attack``): it owns the model's mode during the attack (eval mode, parameters frozen,
+both restored afterwards), validates the clean batch once, resolves the :class:`ThreatModel`, holds
+the loss functions and builds the result. Subclasses only implement :meth:`GradientAttack._perturb`.
+
+Losses (maximised by the attacker; each maps logits (N, K) and labels (N,) to a per-sample loss (N,)):
+
+* ``ce``: cross-entropy.
+* ``cw``: the Carlini–Wagner margin max_{k≠y} s_k − s_y (Carlini & Wagner, arXiv 1608.04644); > 0
+  exactly when the sample is misclassified.
+* ``dlr``: the Difference of Logits Ratio −(s_y − max_{k≠y} s_k)/(s_π1 − s_π3) with π the logits
+  sorted in decreasing order (Croce & Hein, ICML 2020, arXiv 2003.01690); shift- and scale-invariant,
+  needs K ≥ 3 classes.
+
+Speed: only the attacked modalities are re-encoded at every step. The clean embeddings z_m of the
+other modalities are computed once per batch (``model.encode_one`` under ``no_grad``) and fused with
+the attacked ones through ``model.logits_from_embeddings``.
+
+Token embeddings: a token-id modality attacked with ``token_surface="embedding"`` is perturbed in
+its token-embedding space (N, L, D), pad positions excluded. The token ids in the output batch are
+unchanged; the adversarial embeddings come in :attr:`AttackOutput.embeddings`, and
+``model(x, embeddings=...)`` evaluates the model from them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import abstractmethod
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mmrobust.attacks.base import Condition, ConditionOutput, EvalContext
+from mmrobust.attacks.threat import ResolvedThreat, ThreatModel
+from mmrobust.errors import InputError, UnsupportedError
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+# ------------------------------------------------------------------------------------------ losses
+def _true_and_best_other(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """(s_y, max_{k≠y} s_k), each (N,)."""
+    s_y = logits.gather(1, y[:, None]).squeeze(1)
+    is_y = F.one_hot(y, logits.shape[1]).bool()
+    other = logits.masked_fill(is_y, float("-inf")).amax(dim=1)
+    return s_y, other
+
+
+def ce_loss(logits: Tensor, y: Tensor) -> Tensor:
+    """Per-sample cross-entropy, (N, K), (N,) -> (N,)."""
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+def cw_loss(logits: Tensor, y: Tensor) -> Tensor:
+    """Per-sample Carlini–Wagner margin max_{k≠y} s_k − s_y (arXiv 1608.04644), (N, K), (N,) -> (N,)."""
+    s_y, other = _true_and_best_other(logits, y)
+    return other - s_y
+
+
+def dlr_loss(logits: Tensor, y: Tensor) -> Tensor:
+    """Per-sample DLR loss −(s_y − max_{k≠y} s_k)/(s_π1 − s_π3 + 1e-12) (Croce & Hein, arXiv 2003.01690).
+
+    Args:
+        logits: (N, K) with K >= 3.
+        y: (N,) labels.
+
+    Returns:
+        (N,) loss, to be maximised.
+    """
+    if logits.shape[1] < 3:
+        raise InputError(f"the dlr loss needs at least 3 classes, got logits with {logits.shape[1]}")
+    s_y, other = _true_and_best_other(logits, y)
+    top = logits.topk(3, dim=1).values
+    return (other - s_y) / (top[:, 0] - top[:, 2] + 1e-12)
+
+
+LOSSES: dict[str, LossFn] = {"ce": ce_loss, "cw": cw_loss, "dlr": dlr_loss}
+
+
+# -------------------------------------------------------------------------------------- results
+@dataclass
+class AttackOutput(ConditionOutput):
+    """A gradient attack's result on one batch.
+
+    Attributes:
+        x: The adversarial batch; untouched modalities (and token ids attacked through their
+            embeddings) are the very same tensor objects as in the clean batch.
+        drop: Always empty for gradient attacks.
+        info: Per-sample tensors (N,): ``success`` (bool, misclassified after the attack), ``loss``
+            (the attack loss at the returned point), ``norm/<m>`` (achieved ‖x'_m − x_m‖ in the
+            threat's norm, embedding units for token modalities) and ``norm/joint`` (joint budgets).
+        embeddings: Adversarial token embeddings ``{m: (N, L, D)}`` for token modalities attacked
+            through their embeddings; the model must be evaluated with them
+            (``model(out.x, embeddings=out.embeddings)``, as :func:`mmrobust.evaluate` does).
+    """
+
+
+@contextlib.contextmanager
+def attack_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode and frozen parameters during an attack; every module's mode and flag restored after."""
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+class Objective:
+    """One batch's attack objective: clean variables, cached clean embeddings, loss and gradient.
+
+    Built by :class:`GradientAttack` inside :func:`attack_mode`; subclasses' ``_perturb`` use it.
+
+    Attributes:
+        origin: Clean variables ``{m: (N, ...)}`` of the attacked modalities: raw values, or token
+            embeddings (N, L, D) for the embedding surface.
+        masks: ``{m: bool (N, L, 1)}`` perturbable positions (non-pad tokens) for embedding surfaces.
+        threat: The resolved threat model.
+        y: Labels (N,).
+    """
+
+    def __init__(
+        self, model: Any, x: Mapping[str, Tensor], y: Tensor, threat: ResolvedThreat, loss: LossFn
+    ) -> None:
+        self.model = model
+        self.x = x
+        self.y = y.long()
+        self.threat = threat
+        self.loss_fn = loss
+        self.origin: dict[str, Tensor] = {}
+        self.masks: dict[str, Tensor] = {}
+        with torch.no_grad():
+            for m in threat.modalities:
+                if threat.surface[m] == "embedding":
+                    self.origin[m] = model.embed(m, x[m]).detach()
+                    self.masks[m] = model.encoders[m].mask(x[m])[..., None]
+                else:
+                    self.origin[m] = x[m].detach()
+            # The speed-up: the untouched modalities are encoded once per batch.
+            self.clean_z = {m: model.encode_one(m, x[m]) for m in model.modalities if m not in threat.modalities}
+
+    def logits(self, adv: Mapping[str, Tensor]) -> Tensor:
+        """Logits (N, K) with the attacked modalities set to ``adv`` (only those are re-encoded)."""
+        z = {}
+        for m in self.model.modalities:
+            if m not in adv:
+                z[m] = self.clean_z[m]
+            elif self.threat.surface[m] == "embedding":
+                z[m] = self.model.encode_embedded(m, self.x[m], adv[m])
+            else:
+                z[m] = self.model.encode_one(m, adv[m])
+        return self.model.logits_from_embeddings(z)
+
+    def loss_and_grad(self, adv: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """Per-sample loss (N,), logits (N, K) and ``{m: ∇_{x'_m} Σ_i L_i}`` at ``adv`` (all detached)."""
+        leaves = {m: adv[m].detach().requires_grad_(True) for m in self.threat.modalities}
+        with torch.enable_grad():
+            logits = self.logits(leaves)
+            loss = self.loss_fn(logits, self.y)
+            grads = torch.autograd.grad(loss.sum(), list(leaves.values()))
+        return loss.detach(), logits.detach(), dict(zip(leaves, grads, strict=True))
+
+    @torch.no_grad()
+    def score(self, adv: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Per-sample loss (N,) and success (N,) bool (misclassified) at ``adv``."""
+        logits = self.logits(adv)
+        return self.loss_fn(logits, self.y), logits.argmax(1) != self.y
+
+    def output(self, adv: Mapping[str, Tensor], loss: Tensor, success: Tensor) -> AttackOutput:
+        """The :class:`AttackOutput` for the final adversarial variables ``adv``."""
+        x_out = dict(self.x)
+        embeddings = {}
+        for m in self.threat.modalities:
+            if self.threat.surface[m] == "embedding":
+                embeddings[m] = adv[m].detach()
+            else:
+                x_out[m] = adv[m].detach()
+        info = {"success": success.detach(), "loss": loss.detach()}
+        with torch.no_grad():
+            norms = self.threat.norms({m: adv[m] - self.origin[m] for m in self.threat.modalities})
+        info.update({f"norm/{k}": v for k, v in norms.items()})
+        return AttackOutput(x=x_out, info=info, embeddings=embeddings)
+
+
+# -------------------------------------------------------------------------------------- the base
+class GradientAttack(Condition):
+    """Base of white-box gradient attacks under a :class:`~mmrobust.attacks.threat.ThreatModel`.
+
+    Threat model: the listed modalities may move within an ℓ∞ or ℓ2 ball of radius ε (per modality,
+    or one joint ℓ2 ball) intersected with each modality's valid range; the others stay
+    bit-identical. Subclasses set ``name`` and implement :meth:`_perturb`; ``norms`` and
+    ``budgets`` list what they support.
+
+    Args:
+        modalities: Attacked modality name, list of names, or ``"all"``.
+        eps: Radius (float, or ``{modality: radius}``) in each modality's input units.
+        norm: ``linf`` or ``l2`` (must be in the attack's ``norms``).
+        budget: ``per_modality`` or ``joint`` (ℓ2 ball over the concatenation).
+        loss: ``ce``, ``cw`` or ``dlr`` (needs >= 3 classes).
+        token_surface: ``"embedding"`` to attack token-id modalities through their embeddings.
+
+    Shapes:
+        ``apply(model, x, y, ctx)``: ``x[m]`` (N, *spec[m].shape), ``y`` (N,) ->
+        :class:`AttackOutput` with ``x`` of the same shapes and ``info`` tensors of shape (N,).
+    """
+
+    family: ClassVar[str] = "attack"
+    norms: ClassVar[tuple[str, ...]] = ("linf", "l2")
+    budgets: ClassVar[tuple[str, ...]] = ("per_modality", "joint")
+
+    def __init__(
+        self,
+        modalities: str | Sequence[str] = "all",
+        *,
+        eps: float | Mapping[str, float],
+        norm: str = "linf",
+        budget: str = "per_modality",
+        loss: str = "ce",
+        token_surface: str | None = None,
+    ) -> None:
+        if norm not in self.norms:
+            raise InputError(f"{self.name}: unsupported norm {norm!r}; {self.name} supports {', '.join(self.norms)}")
+        if budget not in self.budgets:
+            raise InputError(
+                f"{self.name}: unsupported budget {budget!r}; {self.name} supports {', '.join(self.budgets)}"
+            )
+        if loss not in LOSSES:
+            raise InputError(f"{self.name}: unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
+        try:
+            self.threat = ThreatModel(modalities, eps=eps, norm=norm, budget=budget, token_surface=token_surface)
+        except InputError as e:
+            raise InputError(f"{self.name}: {e}") from None
+        super().__init__(self.threat.modalities)
+        self.loss = loss
+
+    @property
+    def eps(self) -> float | dict[str, float]:
+        """The radius (or per-modality radii) as given."""
+        return self.threat.eps
+
+    @property
+    def norm(self) -> str:
+        """``linf`` or ``l2``."""
+        return self.threat.norm
+
+    @property
+    def budget(self) -> str:
+        """``per_modality`` or ``joint``."""
+        return self.threat.budget
+
+    def params(self) -> dict[str, Any]:
+        """Threat-model hyper-parameters and the loss; subclasses append their own."""
+        return {**self.threat.params(), "loss": self.loss}
+
+    def resolve(self, model: Any) -> ResolvedThreat:
+        """Check this attack against ``model`` and resolve its threat model.
+
+        Raises:
+            InputError: unknown modality, token ids without an embedding surface, eps entries that
+                do not match, ``dlr`` with fewer than 3 classes.
+        """
+        try:
+            threat = self.threat.resolve(model)
+        except (InputError, UnsupportedError) as e:
+            raise type(e)(f"{self.name}: {e}") from None
+        if self.loss == "dlr" and model.num_classes < 3:
+            raise InputError(
+                f"{self.name}: the dlr loss needs at least 3 classes (it divides by s_π1 − s_π3, Croce & Hein "
+                f"2020); this model has {model.num_classes}; use loss='cw' or 'ce'"
+            )
+        return threat
+
+    def check(self, model: Any) -> None:
+        """Raise a clear error if this attack cannot run on ``model``."""
+        self.resolve(model)
+
+    def apply(
+        self, model: Any, x: dict[str, Tensor], y: Tensor, ctx: EvalContext
+    ) -> AttackOutput:
+        """Attack the clean batch ``x`` with labels ``y``.
+
+        Args:
+            model: The model under attack (put in eval mode with frozen parameters for the attack;
+                its modes and flags are restored afterwards).
+            x: Clean batch ``{m: (N, *shape)}``; attacked modalities must lie in their valid range.
+            y: Labels (N,).
+            ctx: Evaluation context; ``ctx.generator`` drives any randomness.
+
+        Returns:
+            An :class:`AttackOutput` (adversarial batch, per-sample ``success``, ``loss`` and norms).
+        """
+        threat = self.resolve(model)
+        with attack_mode(model):
+            _validate(model, x, y, threat)
+            obj = Objective(model, x, y, threat, LOSSES[self.loss])
+            adv, loss, success = self._perturb(obj, ctx)
+            return obj.output(adv, loss, success)
+
+    @abstractmethod
+    def _perturb(self, obj: Objective, ctx: EvalContext) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        """Return the adversarial variables ``{m: x'_m}`` and their per-sample loss and success."""
+
+
+def _validate(model: Any, x: Mapping[str, Tensor], y: object, threat: ResolvedThreat) -> None:
+    """Validate the clean batch once (inner loops then skip the checks)."""
+    n = model.spec.validate_batch(x)
+    if not isinstance(y, Tensor) or y.dim() != 1 or y.shape[0] != n:
+        shape = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
+        raise InputError(f"labels must be a tensor of shape ({n},) matching the batch, got {shape}")
+    if y.dtype.is_floating_point or y.dtype == torch.bool or y.dtype.is_complex:
+        raise InputError(f"labels must be integer class ids, got dtype {y.dtype}")
+    if n and (int(y.min()) < 0 or int(y.max()) >= model.num_classes):
+        raise InputError(f"labels must lie in [0, {model.num_classes}), got [{int(y.min())}, {int(y.max())}]")
+    for m in threat.modalities:
+        lo, hi = threat.low[m], threat.high[m]
+        t = x[m]
+        if n and ((lo is not None and float(t.min()) < lo) or (hi is not None and float(t.max()) > hi)):
+            raise InputError(
+                f"modality {m!r}: clean inputs lie in [{float(t.min()):g}, {float(t.max()):g}], outside the valid "
+                f"range [{lo}, {hi}] of its spec; an attack within that range cannot start from them"
+            )

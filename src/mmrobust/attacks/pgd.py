@@ -1,0 +1,190 @@
+"""PGD: projected gradient ascent on the attacked modalities, with restarts and early stop.
+
+Madry, Makelov, Schmidt, Tsipras, Vladu. *Towards Deep Learning Models Resistant to Adversarial
+Attacks*. ICLR 2018, arXiv 1706.06083. Per-sample losses ``ce``, ``cw`` (Carlini & Wagner,
+arXiv 1608.04644) and ``dlr`` (Croce & Hein, arXiv 2003.01690); see
+:mod:`mmrobust.attacks.gradient`.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from mmrobust.attacks.base import EvalContext
+from mmrobust.attacks.gradient import GradientAttack, Objective
+from mmrobust.attacks.threat import ResolvedThreat
+from mmrobust.errors import InputError
+
+
+class PGD(GradientAttack):
+    """Projected gradient descent (ascent on the loss) on a dict of modalities.
+
+    Threat model: the listed modalities move within their ε-ball (ℓ∞ or ℓ2, per modality or one
+    joint ℓ2 ball over their concatenation) intersected with each valid range [spec.low,
+    spec.high]; the other modalities are bit-identical.
+
+    Algorithm, batched over samples: start at x (or, with ``random_start``, at a point drawn
+    uniformly from the ball, clipped to the valid range); ``steps`` times move by α_m along sign(∇)
+    (ℓ∞) or the normalised gradient (ℓ2: ∇_m/‖∇_m‖₂ per modality, or ∇_m/‖∇‖₂ over the
+    concatenation for a joint budget), then project onto the ball and clip to the valid range.
+    The result of a run is its last iterate; with ``early_stop`` a sample is frozen at the first
+    iterate that is misclassified (so that iterate is returned). Over ``restarts`` runs each sample
+    keeps the first successful result, or else the one with the highest loss.
+
+    With ``random_start=False`` and ``restarts=1`` this is exactly torchattacks' ``PGD`` (ℓ∞) and
+    ``PGDL2`` (ℓ2) on inputs in [0, 1] (tested); torchattacks' ℓ2 random start draws the radius
+    uniformly in [0, ε] instead of uniformly in the ball's volume.
+
+    Args:
+        modalities: Attacked modality name, list of names, or ``"all"``.
+        eps: Radius (float or ``{modality: radius}``), in each modality's input units.
+        norm: ``linf`` or ``l2``.
+        budget: ``per_modality`` or ``joint`` (ℓ2 only).
+        steps: Number of steps T >= 1.
+        alpha: Step size in input units: a float, ``{modality: step}`` (per-modality budgets), or
+            ``None`` for 2.5·ε_m/T.
+        random_start: Start from a uniform random point of the ball.
+        restarts: Number of runs (>= 1; more than one needs ``random_start``).
+        loss: ``ce`` (default), ``cw`` or ``dlr`` (>= 3 classes).
+        early_stop: Freeze each sample once it is misclassified (and stop when all are).
+        token_surface: ``"embedding"`` to attack token-id modalities through their embeddings.
+
+    Shapes:
+        ``x[m]``: (N, *spec[m].shape); ``y``: (N,); ``info`` entries: (N,).
+
+    Example:
+        >>> import mmrobust as mr
+        >>> atk = mr.attacks.create("pgd", modalities=["audio"], norm="linf", eps=0.1, steps=20)
+        >>> atk.params()["alpha"]
+        'auto'
+    """
+
+    name: ClassVar[str] = "pgd"
+
+    def __init__(
+        self,
+        modalities: str | Sequence[str] = "all",
+        *,
+        eps: float | Mapping[str, float],
+        norm: str = "linf",
+        budget: str = "per_modality",
+        steps: int = 10,
+        alpha: float | Mapping[str, float] | None = None,
+        random_start: bool = True,
+        restarts: int = 1,
+        loss: str = "ce",
+        early_stop: bool = False,
+        token_surface: str | None = None,
+    ) -> None:
+        super().__init__(modalities, eps=eps, norm=norm, budget=budget, loss=loss, token_surface=token_surface)
+        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+            raise InputError(f"pgd: steps must be an integer >= 1, got {steps!r}")
+        if isinstance(restarts, bool) or not isinstance(restarts, numbers.Integral) or restarts < 1:
+            raise InputError(f"pgd: restarts must be an integer >= 1, got {restarts!r}")
+        if not isinstance(random_start, bool) or not isinstance(early_stop, bool):
+            raise InputError("pgd: random_start and early_stop must be True or False")
+        if restarts > 1 and not random_start:
+            raise InputError("pgd: restarts > 1 without random_start would repeat the same run; set random_start=True")
+        self.steps = int(steps)
+        self.restarts = int(restarts)
+        self.random_start = random_start
+        self.early_stop = early_stop
+        self.alpha = self._check_alpha(alpha)
+
+    def _check_alpha(self, alpha: object) -> float | dict[str, float] | None:
+        if alpha is None:
+            return None
+        if isinstance(alpha, Mapping):
+            if self.budget == "joint":
+                raise InputError("pgd: a joint budget takes one step size alpha (a float), not a dict")
+            out = {str(m): _positive(v, f"alpha for modality {m!r}") for m, v in alpha.items()}
+            if self.threat.modalities != "all" and set(out) != set(self.threat.modalities):
+                raise InputError(
+                    f"pgd: alpha must give one step per attacked modality {self.threat.modalities}, got {out}"
+                )
+            return out
+        return _positive(alpha, "alpha")
+
+    def params(self) -> dict[str, Any]:
+        """Threat model, loss and the PGD schedule (``alpha="auto"`` means 2.5·ε/T)."""
+        if self.alpha is None:
+            alpha: Any = "auto"
+        elif isinstance(self.alpha, dict):
+            alpha = "/".join(f"{k}:{v:g}" for k, v in self.alpha.items())
+        else:
+            alpha = self.alpha
+        return {
+            **super().params(),
+            "steps": self.steps,
+            "alpha": alpha,
+            "random_start": self.random_start,
+            "restarts": self.restarts,
+            "early_stop": self.early_stop,
+        }
+
+    def step_sizes(self, threat: ResolvedThreat) -> dict[str, float]:
+        """Step size α_m per attacked modality (2.5·ε_m/T unless given)."""
+        if self.alpha is None:
+            return {m: 2.5 * threat.eps[m] / self.steps for m in threat.modalities}
+        if isinstance(self.alpha, dict):
+            missing = [m for m in threat.modalities if m not in self.alpha]
+            if missing:
+                raise InputError(f"pgd: alpha has no step for attacked modality {missing}")
+            return {m: self.alpha[m] for m in threat.modalities}
+        return dict.fromkeys(threat.modalities, self.alpha)
+
+    def _run(self, obj: Objective, ctx: EvalContext, alpha: dict[str, float]) -> dict[str, Tensor]:
+        """One PGD run; returns the last iterate (with early stop: per sample, the first misclassified)."""
+        threat = obj.threat
+        if self.random_start:
+            adv = threat.random_start(obj.origin, ctx.generator, obj.masks)
+        else:
+            adv = {m: o.clone() for m, o in obj.origin.items()}
+        frozen = torch.zeros_like(obj.y, dtype=torch.bool)
+        for _ in range(self.steps):
+            _, logits, grads = obj.loss_and_grad(adv)
+            if self.early_stop:
+                frozen |= logits.argmax(1) != obj.y
+                if bool(frozen.all()):
+                    break
+            new = threat.step(adv, obj.origin, grads, alpha, obj.masks)
+            if self.early_stop:
+                new = {m: torch.where(_rows(frozen, new[m]), adv[m], new[m]) for m in new}
+            adv = new
+        return adv
+
+    def _perturb(self, obj: Objective, ctx: EvalContext) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        alpha = self.step_sizes(obj.threat)
+        best: dict[str, Tensor] = {}
+        best_loss = best_success = None
+        for _ in range(self.restarts):
+            adv = self._run(obj, ctx, alpha)
+            loss, success = obj.score(adv)
+            if best_loss is None or best_success is None:
+                best, best_loss, best_success = adv, loss, success
+            else:
+                take = ~best_success & (success | (loss > best_loss))
+                best = {m: torch.where(_rows(take, adv[m]), adv[m], best[m]) for m in best}
+                best_loss = torch.where(take, loss, best_loss)
+                best_success = best_success | success
+            if bool(best_success.all()):
+                break
+        assert best_loss is not None and best_success is not None
+        return best, best_loss, best_success
+
+
+def _rows(flags: Tensor, like: Tensor) -> Tensor:
+    """(N,) flags reshaped to broadcast over ``like`` (N, ...)."""
+    return flags.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def _positive(v: object, what: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(float(v)) or float(v) <= 0:
+        raise InputError(f"pgd: {what} must be a finite number > 0, got {v!r}")
+    return float(v)

@@ -1,0 +1,123 @@
+"""Run configuration (YAML validated by pydantic; errors name the bad key and allowed values)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from mmrobust.attacks.missing import FILLS
+from mmrobust.errors import ConfigError
+from mmrobust.train import TrainConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetConfig(_Strict):
+    """Which dataset to load."""
+
+    name: Literal["mmdigits"] = "mmdigits"
+    seed: int = Field(0, ge=0)
+    size: Literal["full", "tiny"] = "full"
+    audio: Literal["logmel", "waveform"] = "logmel"
+
+
+class ModelConfig(_Strict):
+    """One model of the grid: a registry name plus hyper-parameters."""
+
+    name: str = Field(description="Model registry name: late, concat, attention, gated, unimodal.")
+    modality: str | None = Field(None, description="For unimodal models: the modality.")
+    id: str | None = Field(None, description="Label in results (default: name or unimodal-<m>).")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra model hyper-parameters.")
+
+    @property
+    def label(self) -> str:
+        """Identifier of the model in results and file names."""
+        if self.id:
+            return self.id
+        return f"unimodal-{self.modality}" if self.name == "unimodal" else self.name
+
+
+class MissingConfig(_Strict):
+    """Missing-modality conditions: every listed modality (or ``each``) × every fill."""
+
+    modalities: Literal["each"] | list[str] = "each"
+    fills: list[str] = Field(default_factory=lambda: ["zeros", "mean", "drop"])
+
+    @field_validator("fills")
+    @classmethod
+    def _fills(cls, v: list[str]) -> list[str]:
+        bad = [f for f in v if f not in FILLS]
+        if bad:
+            raise ValueError(f"unknown fill(s) {bad}; allowed: {list(FILLS)}")
+        return v
+
+
+class ThreatsConfig(_Strict):
+    """Threat families to evaluate (more arrive with the attack engine)."""
+
+    missing: MissingConfig | None = Field(default_factory=MissingConfig)
+
+
+def _default_models() -> list[ModelConfig]:
+    uni = [ModelConfig(name="unimodal", modality=m) for m in ("image", "audio", "text")]
+    return uni + [ModelConfig(name=f) for f in ("late", "concat", "attention", "gated")]
+
+
+class RunConfig(_Strict):
+    """A whole benchmark run (``mmrobust run CONFIG.yaml``)."""
+
+    name: str = "default"
+    seed: int = Field(0, ge=0, description="Seeds model initialisation, training and evaluation.")
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    models: list[ModelConfig] = Field(default_factory=_default_models)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    threats: ThreatsConfig = Field(default_factory=ThreatsConfig)
+    eval_batch_size: int = Field(256, ge=1)
+
+
+def _format_validation_error(e: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def validate_config(data: Any, source: str = "") -> RunConfig:
+    """Validate a dict into a :class:`RunConfig`, raising :class:`ConfigError` with readable lines."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {source} must be a mapping of keys, got {type(data).__name__}")
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, source)) from None
+
+
+def load_config(path: str | os.PathLike[str] | None) -> RunConfig:
+    """Read and validate a YAML run config (``None``: the built-in default benchmark)."""
+    if path is None:
+        return RunConfig()
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+    return validate_config(data, str(p))
+
+
+def dump_config(cfg: RunConfig) -> str:
+    """The resolved config as YAML."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

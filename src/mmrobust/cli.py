@@ -1,0 +1,184 @@
+"""Command-line interface: ``mmrobust {data,train,evaluate,run,report}`` (see ``--help``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from mmrobust.errors import MMRobustError
+
+
+def _data_build(args: argparse.Namespace) -> int:
+    from mmrobust.datasets import load
+
+    data = load(args.dataset, seed=args.seed, size=args.size, audio=args.audio,
+                cache_dir=args.cache_dir, rebuild=args.rebuild,
+                on_corrupt="raise" if args.strict else "rebuild")
+    print(data.summary())
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from mmrobust import datasets, models
+    from mmrobust.train import accuracy, train
+
+    data = datasets.load(args.dataset, seed=args.data_seed, size=args.size)
+    kwargs = {"modality": args.modality} if args.modality else {}
+    model = models.create(args.model, data.spec, seed=args.seed, **kwargs)
+    out = Path(args.out or f"checkpoints/{args.model}{'-' + args.modality if args.modality else ''}.pt")
+    given = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size}
+    overrides = {k: v for k, v in given.items() if v is not None}
+    res = train(model, data, seed=args.seed, quiet=args.quiet, checkpoint=out, **overrides)
+    test_acc = accuracy(model, data.test)
+    print(f"model {args.model} {model.modalities}: best val {100 * res.best_val_accuracy:.1f}% "
+          f"(epoch {res.best_epoch}), test {100 * test_acc:.1f}%, {res.seconds:.1f}s -> {out}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from mmrobust import datasets
+    from mmrobust.attacks.missing import Missing
+    from mmrobust.evaluate import evaluate, rows_to_csv
+    from mmrobust.models import load
+    from mmrobust.utils.io import write_json, write_text
+
+    model = load(args.checkpoint)
+    dmeta = model.checkpoint_meta.get("dataset", {})
+    data = datasets.load(args.dataset, seed=args.data_seed if args.data_seed is not None else dmeta.get("seed", 0),
+                         size=args.size or dmeta.get("size", "full"))
+    split = getattr(data, args.split)
+    conds = []
+    if args.missing:
+        mods = model.modalities if args.missing == "each" else args.missing.split(",")
+        for m in mods:
+            for fill in args.fills.split(","):
+                if fill == "drop" and not model.supports_drop and args.missing == "each":
+                    continue
+                conds.append(Missing(m, fill=fill))
+    result = evaluate(model, split, conds, seed=args.seed, name=Path(args.checkpoint).stem,
+                      progress=not args.quiet)
+    print(result.table())
+    if args.out:
+        out = Path(args.out)
+        rows = [{"model": result.model, "seed": args.seed, **r} for r in result.rows()]
+        write_text(out / "results.csv", rows_to_csv(rows))
+        result.save_samples(out / "samples.npz")
+        write_json(out / "summary.json", {"checkpoint": str(args.checkpoint), "split": args.split,
+                                          "seed": args.seed, "rows": rows})
+        print(f"results written to {out}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from mmrobust.bench import load_config, run
+
+    cfg = load_config(args.config)
+    run(cfg, runs_dir=args.runs_dir, name=args.name, quiet=args.quiet)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    import csv
+
+    from mmrobust.bench.runner import pivot_table
+    from mmrobust.errors import InputError
+
+    folder = Path(args.run_dir)
+    path = folder / "results.csv"
+    if not path.is_file():
+        raise InputError(f"{folder} is not a run folder (no results.csv)")
+    with path.open() as f:
+        rows = [
+            {**r, "accuracy": float(r["accuracy"])} for r in csv.DictReader(f)
+        ]
+    print(pivot_table(rows))
+    summary = folder / "summary.json"
+    if summary.is_file():
+        s = json.loads(summary.read_text())
+        print(f"\nseed {s.get('seed')}, git {s.get('provenance', {}).get('git_sha')}, "
+              f"{s.get('wall_seconds')}s")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for docs and tests)."""
+    p = argparse.ArgumentParser(
+        prog="mmrobust",
+        description="Measure, certify and improve the robustness of multimodal fusion models.",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    d = sub.add_parser("data", help="build or inspect datasets")
+    dsub = d.add_subparsers(dest="data_command", metavar="ACTION")
+    b = dsub.add_parser("build", help="build (or verify the cache of) a dataset and print its summary")
+    b.add_argument("--dataset", default="mmdigits")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--size", default="full", choices=["full", "tiny"])
+    b.add_argument("--audio", default="logmel", choices=["logmel", "waveform"])
+    b.add_argument("--cache-dir", default=None, help="override the cache folder ($MMROBUST_CACHE)")
+    b.add_argument("--rebuild", action="store_true", help="build again even if a valid cache exists")
+    b.add_argument("--strict", action="store_true", help="report a corrupt cache instead of rebuilding")
+    b.set_defaults(func=_data_build)
+
+    t = sub.add_parser("train", help="train a model from the registry and save a checkpoint")
+    t.add_argument("--model", required=True, help="late, concat, attention, gated or unimodal")
+    t.add_argument("--modality", default=None, help="modality of a unimodal model")
+    t.add_argument("--dataset", default="mmdigits")
+    t.add_argument("--data-seed", type=int, default=0)
+    t.add_argument("--size", default="full", choices=["full", "tiny"])
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--epochs", type=int, default=None)
+    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--batch-size", type=int, default=None)
+    t.add_argument("--out", default=None, help="checkpoint path (default checkpoints/<model>.pt)")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=_train)
+
+    e = sub.add_parser("evaluate", help="evaluate a checkpoint clean and with missing modalities")
+    e.add_argument("checkpoint")
+    e.add_argument("--dataset", default="mmdigits")
+    e.add_argument("--data-seed", type=int, default=None)
+    e.add_argument("--size", default=None, choices=["full", "tiny"])
+    e.add_argument("--split", default="test", choices=["train", "val", "test"])
+    e.add_argument("--missing", default=None, help="'each' or a comma list of modalities to remove")
+    e.add_argument("--fills", default="zeros,mean,drop", help="comma list of zeros, mean, noise, drop")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--out", default=None, help="folder for results.csv, samples.npz, summary.json")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=_evaluate)
+
+    r = sub.add_parser("run", help="run a benchmark config (default: the built-in MM-Digits benchmark)")
+    r.add_argument("config", nargs="?", default=None, help="YAML config (omit for the default)")
+    r.add_argument("--runs-dir", default="runs")
+    r.add_argument("--name", default=None, help="run folder name (default: the config's name)")
+    r.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
+    r.set_defaults(func=_run)
+
+    rep = sub.add_parser("report", help="(re)print the summary of a run folder")
+    rep.add_argument("run_dir")
+    rep.set_defaults(func=_report)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (errors print one line, no traceback)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        (parser if args.command is None else parser._subparsers._group_actions[0].choices[args.command]).print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except MMRobustError as e:
+        print(f"mmrobust: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mmrobust: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

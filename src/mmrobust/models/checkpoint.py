@@ -1,0 +1,64 @@
+"""Saving and loading model checkpoints (weights + the config, spec and provenance to rebuild them)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmrobust.errors import CacheError
+from mmrobust.models.base import MultimodalModel
+from mmrobust.spec import DatasetSpec
+from mmrobust.utils.io import atomic_write
+from mmrobust.utils.provenance import provenance
+
+FORMAT = "mmrobust-checkpoint"
+VERSION = 1
+
+
+def save_checkpoint(
+    model: MultimodalModel, path: str | os.PathLike[str], meta: dict[str, Any] | None = None
+) -> Path:
+    """Atomically save ``model`` with its config, spec, provenance and ``meta`` (e.g. training info)."""
+    path = Path(path)
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": model.config,
+        "spec": model.spec.to_dict(),
+        "state_dict": model.state_dict(),
+        "meta": {"provenance": provenance(), **(meta or {})},
+    }
+    with atomic_write(path) as f:
+        torch.save(payload, f)
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load a checkpoint's raw payload (weights-only unpickling), with clear errors."""
+    path = Path(path)
+    if not path.exists():
+        raise CacheError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for damaged files
+        raise CacheError(f"checkpoint {path} is truncated or not a torch file ({type(e).__name__})") from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CacheError(f"{path} is not an mmrobust checkpoint")
+    return payload
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> MultimodalModel:
+    """Rebuild the model saved at ``path`` (in eval mode); ``model.checkpoint_meta`` holds its meta."""
+    payload = read_checkpoint(path)
+    spec = DatasetSpec.from_dict(payload["spec"])
+    cfg = dict(payload["config"])
+    name = cfg.pop("name", None)
+    model = MultimodalModel(spec, **cfg)
+    if name is not None:
+        model.config["name"] = name
+    model.load_state_dict(payload["state_dict"])
+    model.checkpoint_meta = payload.get("meta", {})
+    return model.eval()

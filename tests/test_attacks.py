@@ -1,0 +1,436 @@
+"""Gradient attacks (FGSM/FGM, PGD) and threat models on the toy 3-modality dataset.
+
+The generic tests walk the attack registry: every registered gradient attack is checked for the
+threat-model contract (budget, valid range, bit-identical untouched modalities, ε = 0, consistency
+with ``evaluate``) before anyone writes a dedicated test for it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import mmrobust as mr
+from conftest import make_toy_bundle
+from mmrobust.attacks import ATTACKS, EvalContext, GradientAttack, ThreatModel
+from mmrobust.attacks.gradient import cw_loss, dlr_loss
+from mmrobust.attacks.threat import project_ball, sample_norms
+from mmrobust.spec import DatasetSpec, ModalitySpec
+
+GRADIENT_ATTACKS = [
+    n for n in ATTACKS.names() if isinstance(ATTACKS.get(n), type) and issubclass(ATTACKS.get(n), GradientAttack)
+]
+THREATS = {
+    "audio-linf": {"modalities": "audio", "norm": "linf", "eps": 0.1},
+    "image+audio-l2": {"modalities": ["image", "audio"], "norm": "l2", "eps": {"image": 0.5, "audio": 1.0}},
+    "image+audio-joint": {"modalities": ["image", "audio"], "norm": "l2", "budget": "joint", "eps": 1.0},
+}
+TOL = 1e-6
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny models on 2 shared cores: intra-op threading only adds contention (10x slower).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_toy_bundle()
+
+
+@pytest.fixture(scope="module")
+def model(data):
+    m = mr.models.create("late", data.spec)
+    mr.train(m, data, epochs=4, quiet=True)
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def batch(data):
+    return data.test.batch(torch.arange(len(data.test)))
+
+
+def ctx(data, seed=0):
+    return EvalContext(stats=data.train.stats, generator=torch.Generator().manual_seed(seed))
+
+
+def make(name, threat, **kw):
+    return mr.attacks.create(name, **threat, **kw)
+
+
+def zero_eps(threat):
+    eps = threat["eps"]
+    return {**threat, "eps": dict.fromkeys(eps, 0.0) if isinstance(eps, dict) else 0.0}
+
+
+def attacked(threat):
+    m = threat["modalities"]
+    return [m] if isinstance(m, str) else list(m)
+
+
+def eps_of(threat, m):
+    return threat["eps"][m] if isinstance(threat["eps"], dict) else threat["eps"]
+
+
+# ------------------------------------------------------------------------------ registry-walking
+def test_registry_lists_gradient_attacks():
+    assert {"fgsm", "pgd"} <= set(GRADIENT_ATTACKS)
+    atk = mr.attacks.create("pgd", modalities=["audio"], norm="linf", eps=0.1, steps=20)
+    assert atk.family == "attack" and atk.steps == 20 and atk.modalities == ["audio"]
+    assert atk.id.startswith("pgd[audio|norm=linf,eps=0.1,")
+
+
+@pytest.mark.parametrize("threat", THREATS.values(), ids=THREATS.keys())
+@pytest.mark.parametrize("name", GRADIENT_ATTACKS)
+def test_budget_range_and_untouched(name, threat, model, data, batch):
+    x, y = batch
+    out = make(name, threat).apply(model, x, y, ctx(data))
+    mods = attacked(threat)
+    n = y.shape[0]
+    for m in model.modalities:
+        if m in mods:
+            a = out.x[m]
+            assert a.shape == x[m].shape and a.dtype == x[m].dtype and not a.requires_grad
+            assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0  # valid range of the spec
+            achieved = sample_norms(a - x[m], threat["norm"])
+            torch.testing.assert_close(out.info[f"norm/{m}"], achieved)
+            if threat.get("budget") != "joint":
+                assert float(achieved.max()) <= eps_of(threat, m) + TOL
+        else:
+            assert out.x[m] is x[m] and torch.equal(out.x[m], x[m])  # the very same tensor
+    if threat.get("budget") == "joint":
+        joint = torch.stack([sample_norms(out.x[m] - x[m], "l2") ** 2 for m in mods]).sum(0).sqrt()
+        assert float(joint.max()) <= threat["eps"] + TOL
+        torch.testing.assert_close(out.info["norm/joint"], joint)
+    assert set(out.info) == {"success", "loss"} | {f"norm/{m}" for m in mods} | (
+        {"norm/joint"} if threat.get("budget") == "joint" else set()
+    )
+    assert all(v.shape == (n,) for v in out.info.values())
+    assert out.drop == () and out.embeddings == {}
+    with torch.no_grad():
+        wrong = model(out.x).argmax(1) != y
+        clean_wrong = model(x).argmax(1) != y
+    assert torch.equal(out.info["success"], wrong)
+    assert int(wrong.sum()) > int(clean_wrong.sum())  # the attack flips some correct samples
+
+
+@pytest.mark.parametrize("threat", THREATS.values(), ids=THREATS.keys())
+@pytest.mark.parametrize("name", GRADIENT_ATTACKS)
+def test_eps_zero_gives_the_clean_batch(name, threat, model, data, batch):
+    x, y = batch
+    out = make(name, zero_eps(threat)).apply(model, x, y, ctx(data))
+    for m in model.modalities:
+        assert torch.equal(out.x[m], x[m])
+    with torch.no_grad():
+        clean_wrong = model(x).argmax(1) != y
+    assert torch.equal(out.info["success"], clean_wrong)
+    assert all(float(v.max()) == 0.0 for k, v in out.info.items() if k.startswith("norm/"))
+
+
+@pytest.mark.parametrize("name", GRADIENT_ATTACKS)
+def test_evaluate_robust_accuracy_at_most_clean(name, model, data, batch):
+    atk = make(name, THREATS["image+audio-l2"])
+    res = mr.evaluate(model, data.test, [atk])
+    assert res.accuracy(atk.id) <= res.accuracy("clean")
+    assert res.accuracy(atk.id) < res.accuracy("clean")  # it finds adversarial examples
+    # evaluate() seeds the only batch (first index 0) with seed 0: same adversarial batch as here.
+    x, y = batch
+    out = atk.apply(model, x, y, ctx(data, 0))
+    assert np.array_equal(~res.correct(atk.id), out.info["success"].numpy())
+
+
+@pytest.mark.parametrize("name", GRADIENT_ATTACKS)
+def test_mode_and_parameters_restored(name, model, data, batch):
+    x, y = batch
+    seen = []
+    hook = model.encoders["audio"].register_forward_pre_hook(lambda mod, _: seen.append(mod.training))
+    model.train()
+    try:
+        make(name, THREATS["audio-linf"]).apply(model, x, y, ctx(data))
+    finally:
+        hook.remove()
+        was = [m.training for m in model.modules()]
+        flags = [p.requires_grad for p in model.parameters()]
+        model.eval()
+    assert seen and not any(seen)  # attacked in eval mode
+    assert all(was) and all(flags)  # train mode and trainable parameters restored
+
+
+# ------------------------------------------------------------------------------- attack-specific
+def test_pgd_beats_fgsm(model, data):
+    threat = {"modalities": ["image", "audio"], "norm": "linf", "eps": 0.2}
+    fgsm, pgd = make("fgsm", threat), make("pgd", threat)
+    res = mr.evaluate(model, data.test, [fgsm, pgd])
+    assert res.accuracy(pgd.id) <= res.accuracy(fgsm.id) < res.accuracy("clean")
+
+
+def test_only_attacked_modalities_are_reencoded(model, data, batch):
+    x, y = batch
+    calls = dict.fromkeys(model.modalities, 0)
+    hooks = [
+        model.encoders[m].register_forward_hook(lambda *_, m=m: calls.__setitem__(m, calls[m] + 1))
+        for m in model.modalities
+    ]
+    try:
+        make("pgd", THREATS["audio-linf"], steps=5).apply(model, x, y, ctx(data))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert calls == {"image": 1, "text": 1, "audio": 5 + 1}  # clean once; attacked: steps + final score
+
+
+def test_pgd_restarts_keep_first_success(model, data, batch):
+    x, y = batch
+    threat = THREATS["image+audio-joint"]
+    one = make("pgd", threat, steps=5).apply(model, x, y, ctx(data, 3))
+    three = make("pgd", threat, steps=5, restarts=3).apply(model, x, y, ctx(data, 3))
+    s1, s3 = one.info["success"], three.info["success"]
+    assert bool((s3 | ~s1).all())  # never loses a success of the first run
+    for m in attacked(threat):
+        assert torch.equal(three.x[m][s1], one.x[m][s1])  # the first success is kept
+    assert bool((three.info["loss"][~s3] >= one.info["loss"][~s3]).all())  # else the highest loss
+    assert float(three.info["norm/joint"].max()) <= threat["eps"] + TOL
+
+
+def test_pgd_early_stop(model, data, batch):
+    x, y = batch
+    threat = {"modalities": ["image", "audio"], "norm": "linf", "eps": 0.2}
+    plain = make("pgd", threat, random_start=False).apply(model, x, y, ctx(data))
+    early = make("pgd", threat, random_start=False, early_stop=True).apply(model, x, y, ctx(data))
+    assert bool((early.info["success"] | ~plain.info["success"]).all())
+    with torch.no_grad():
+        clean_wrong = model(x).argmax(1) != y
+    for m in attacked(threat):  # misclassified from the start: frozen at the clean input
+        assert torch.equal(early.x[m][clean_wrong], x[m][clean_wrong])
+
+
+@pytest.mark.parametrize("loss", ["cw", "dlr"])
+def test_pgd_margin_losses(loss, model, data, batch):
+    x, y = batch
+    out = make("pgd", THREATS["audio-linf"], loss=loss).apply(model, x, y, ctx(data))
+    assert float(out.info["norm/audio"].max()) <= 0.1 + TOL
+    assert torch.equal(out.info["loss"] > 0, out.info["success"])  # both margins > 0 iff misclassified
+
+
+def test_cw_and_dlr_losses_and_gradients():
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(16, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 5, (16,), generator=g)
+    for fn, direct in ((cw_loss, _cw_direct), (dlr_loss, _dlr_direct)):
+        value = fn(s, y)
+        (grad,) = torch.autograd.grad(value.sum(), s)
+        ref_value, ref_grad = direct(s.detach(), y)
+        torch.testing.assert_close(value.detach(), ref_value)
+        torch.testing.assert_close(grad, ref_grad)
+        assert torch.autograd.gradcheck(lambda t, fn=fn: fn(t, y), (s,))
+
+
+def _cw_direct(s, y):
+    values, grads = [], torch.zeros_like(s)
+    for i in range(s.shape[0]):
+        others = [k for k in range(s.shape[1]) if k != y[i]]
+        k_star = max(others, key=lambda k: s[i, k])
+        values.append(s[i, k_star] - s[i, y[i]])
+        grads[i, k_star], grads[i, y[i]] = 1.0, -1.0
+    return torch.stack(values), grads
+
+
+def _dlr_direct(s, y):
+    """L = (s_k* − s_y)/(s_π1 − s_π3) and its gradient by the quotient rule."""
+    values, grads = [], torch.zeros_like(s)
+    for i in range(s.shape[0]):
+        row = s[i].tolist()
+        order = sorted(range(len(row)), key=lambda k: -row[k])
+        k_star = max((k for k in range(len(row)) if k != y[i]), key=lambda k: row[k])
+        num, den = row[k_star] - row[y[i]], row[order[0]] - row[order[2]] + 1e-12
+        values.append(num / den)
+        grads[i, k_star] += 1 / den
+        grads[i, y[i]] -= 1 / den
+        grads[i, order[0]] -= num / den**2
+        grads[i, order[2]] += num / den**2
+    return torch.tensor(values, dtype=s.dtype), grads
+
+
+def test_projection_helpers():
+    g = torch.Generator().manual_seed(0)
+    d = {"a": torch.randn(8, 3, 4, generator=g) * 5, "b": torch.randn(8, 7, generator=g)}
+    p = project_ball(d, {"a": 1.0, "b": 0.5}, "linf")
+    assert float(p["a"].abs().max()) <= 1.0 and float(p["b"].abs().max()) <= 0.5
+    p = project_ball(d, {"a": 1.0, "b": 0.5}, "l2")
+    torch.testing.assert_close(sample_norms(p["a"], "l2"), torch.full((8,), 1.0))
+    p = project_ball(d, {"a": 2.0, "b": 2.0}, "l2", "joint")
+    joint = (sample_norms(p["a"], "l2") ** 2 + sample_norms(p["b"], "l2") ** 2).sqrt()
+    torch.testing.assert_close(joint, torch.full((8,), 2.0))
+    # one joint factor: the direction of the concatenation is kept
+    torch.testing.assert_close(p["a"] / d["a"], (p["b"] / d["b"])[:, :1, None].expand(8, 3, 4))
+    small = {"a": d["a"] * 1e-3}
+    assert torch.equal(project_ball(small, {"a": 1.0}, "l2")["a"], small["a"])  # inside: unchanged
+
+
+# --------------------------------------------------------------------------------- token surface
+def test_text_through_embeddings(model, data, batch):
+    x, y = batch
+    atk = mr.attacks.create("pgd", modalities="text", norm="l2", eps=1.0, token_surface="embedding")
+    out = atk.apply(model, x, y, ctx(data))
+    assert out.x["text"] is x["text"] and out.x["image"] is x["image"] and out.x["audio"] is x["audio"]
+    emb = out.embeddings["text"]
+    with torch.no_grad():
+        clean = model.embed("text", x["text"])
+    assert emb.shape == clean.shape
+    assert float(out.info["norm/text"].max()) <= 1.0 + TOL
+    pad = x["text"] == model.spec["text"].pad_id
+    assert torch.equal(emb[pad], clean[pad])  # padding is not perturbable
+    with torch.no_grad():
+        wrong = model(out.x, embeddings=out.embeddings).argmax(1) != y
+        assert torch.equal(model(x, embeddings={}), model(x))
+    assert torch.equal(out.info["success"], wrong) and bool(wrong.any())
+    zero = mr.attacks.create("fgsm", modalities="text", norm="linf", eps=0.0, token_surface="embedding")
+    out0 = zero.apply(model, x, y, ctx(data))
+    assert torch.equal(out0.embeddings["text"], clean)
+    with torch.no_grad():
+        assert torch.equal(model(out0.x, embeddings=out0.embeddings), model(x))
+    # evaluate() scores the adversarial embeddings, never the clean tokens
+    res = mr.evaluate(model, data.test, [atk])
+    assert res.accuracy(atk.id) < res.accuracy("clean")
+
+
+# ---------------------------------------------------------------------------------------- errors
+def test_unknown_attack_name():
+    with pytest.raises(mr.UnknownNameError, match=r"unknown attack 'pgdd'.*fgsm.*Did you mean 'pgd'"):
+        mr.attacks.create("pgdd", modalities="audio", eps=0.1)
+
+
+@pytest.mark.parametrize("name", GRADIENT_ATTACKS)
+def test_bad_hyper_parameters(name):
+    with pytest.raises(mr.InputError, match=r"eps \(attacked modalities: audio\) must be >= 0, got -0.1"):
+        mr.attacks.create(name, modalities="audio", eps=-0.1)
+    with pytest.raises(mr.InputError, match="eps for modality 'image' must be >= 0"):
+        mr.attacks.create(name, modalities=["audio", "image"], eps={"audio": 0.1, "image": -1})
+    with pytest.raises(mr.InputError, match=f"{name}: unsupported norm 'l0'; {name} supports linf, l2"):
+        mr.attacks.create(name, modalities="audio", norm="l0", eps=0.1)
+    with pytest.raises(mr.InputError, match="needs norm='l2'"):
+        mr.attacks.create(name, modalities=["audio", "image"], budget="joint", eps=0.1)
+    with pytest.raises(mr.InputError, match="no radius for attacked modality 'image'"):
+        mr.attacks.create(name, modalities=["audio", "image"], eps={"audio": 0.1})
+    with pytest.raises(mr.InputError, match="must be finite"):
+        mr.attacks.create(name, modalities="audio", eps=math.inf)
+    with pytest.raises(mr.InputError, match="unknown loss 'xent'"):
+        mr.attacks.create(name, modalities="audio", eps=0.1, loss="xent")
+
+
+def test_bad_pgd_schedule():
+    with pytest.raises(mr.InputError, match="steps must be an integer >= 1"):
+        mr.attacks.create("pgd", modalities="audio", eps=0.1, steps=0)
+    with pytest.raises(mr.InputError, match="alpha must be a finite number > 0"):
+        mr.attacks.create("pgd", modalities="audio", eps=0.1, alpha=-1.0)
+    with pytest.raises(mr.InputError, match="restarts > 1 without random_start"):
+        mr.attacks.create("pgd", modalities="audio", eps=0.1, restarts=2, random_start=False)
+
+
+@pytest.mark.parametrize("name", GRADIENT_ATTACKS)
+def test_errors_against_the_model(name, model, data, batch):
+    x, y = batch
+    with pytest.raises(mr.InputError, match=r"unknown modality 'video'; the model has \['image', 'audio', 'text'\]"):
+        mr.evaluate(model, data.test, [mr.attacks.create(name, modalities="video", eps=0.1)])
+    for mods in ("text", "all"):  # token ids are not perturbable without the embedding surface
+        atk = mr.attacks.create(name, modalities=mods, eps=0.1)
+        with pytest.raises(mr.InputError, match=r"'text' holds token ids.*token_surface='embedding'"):
+            atk.apply(model, x, y, ctx(data))
+    atk = mr.attacks.create(name, modalities="all", eps={"image": 0.1, "audio": 0.1})
+    with pytest.raises(mr.InputError, match="no radius for attacked modality 'text'"):
+        atk.check(model)
+    atk = mr.attacks.create(name, modalities="audio", eps=0.1)
+    with pytest.raises(mr.InputError, match="labels must lie in"):
+        atk.apply(model, x, y + 10, ctx(data))
+    with pytest.raises(mr.InputError, match="outside the valid range"):
+        atk.apply(model, {**x, "audio": x["audio"] + 2}, y, ctx(data))
+    with pytest.raises(mr.InputError, match="batch is missing modality 'image'"):
+        atk.apply(model, {k: v for k, v in x.items() if k != "image"}, y, ctx(data))
+
+
+@pytest.mark.parametrize("name", GRADIENT_ATTACKS)
+def test_dlr_needs_three_classes(name, data, batch):
+    spec2 = DatasetSpec(
+        modalities=(ModalitySpec("image", "image", (1, 8, 8), low=0.0, high=1.0),),
+        num_classes=2,
+    )
+    model2 = mr.models.create("late", spec2)
+    atk = mr.attacks.create(name, modalities="image", eps=0.1, loss="dlr")
+    with pytest.raises(mr.InputError, match=r"dlr loss needs at least 3 classes.*has 2"):
+        atk.check(model2)
+    x, y = batch
+    with pytest.raises(mr.InputError, match="dlr loss needs at least 3 classes"):
+        atk.apply(model2, {"image": x["image"]}, y % 2, ctx(data))
+
+
+def test_threat_model_standalone(model):
+    tm = ThreatModel(["audio", "image"], eps={"audio": 0.2, "image": 0.1}, norm="l2")
+    r = tm.resolve(model)
+    assert r.modalities == ("image", "audio")  # the model's order
+    assert r.eps == {"image": 0.1, "audio": 0.2} and r.low["audio"] == 0.0 and r.high["audio"] == 1.0
+    with pytest.raises(mr.InputError, match="not available for this attack yet"):
+        ThreatModel("each", eps=0.1)
+    with pytest.raises(mr.InputError, match="one eps"):
+        ThreatModel(["audio", "image"], eps={"audio": 0.1, "image": 0.1}, norm="l2", budget="joint")
+    r = ThreatModel("all", eps=0.1, token_surface="embedding").resolve(model)
+    assert r.surface == {"image": "input", "audio": "input", "text": "embedding"} and r.low["text"] is None
+
+
+# -------------------------------------------------------------------- equivalence with torchattacks
+class OneModalityView(nn.Module):
+    """The model as a function of one modality rescaled to [0, 1]; the other modalities are fixed."""
+
+    def __init__(self, model, x, name):
+        super().__init__()
+        self.model, self.x, self.name = model, x, name
+        spec = model.spec[name]
+        self.low, self.width = spec.low, spec.high - spec.low
+
+    def forward(self, u):
+        return self.model({**self.x, self.name: self.low + self.width * u}, check=False)
+
+
+@pytest.mark.parametrize("low_high", [(0.0, 1.0), (-0.3, 1.7)], ids=["unit", "affine"])
+@pytest.mark.parametrize("variant", ["pgd-linf", "pgd-l2", "fgsm"])
+def test_same_adversarial_examples_as_torchattacks(variant, low_high, model, data, batch):
+    torchattacks = pytest.importorskip("torchattacks")
+    x, y = batch
+    low, high = low_high
+    width = high - low
+    if low_high != (0.0, 1.0):  # the same network reading audio in other units
+        spec = replace(
+            model.spec,
+            modalities=tuple(replace(s, low=low, high=high) if s.name == "audio" else s for s in model.spec),
+        )
+        rescaled = mr.models.create("late", spec)
+        rescaled.load_state_dict(model.state_dict())
+        model, x = rescaled.eval(), {**x, "audio": low + width * x["audio"]}
+    view = OneModalityView(model, x, "audio")
+    u = (x["audio"] - low) / width
+    if variant == "pgd-linf":
+        ref = torchattacks.PGD(view, eps=0.1, alpha=0.02, steps=10, random_start=False)
+        ours = mr.attacks.create(
+            "pgd", modalities="audio", eps=0.1 * width, alpha=0.02 * width, steps=10, random_start=False
+        )
+    elif variant == "pgd-l2":
+        ref = torchattacks.PGDL2(view, eps=1.0, alpha=0.2, steps=10, random_start=False)
+        ours = mr.attacks.create(
+            "pgd", modalities="audio", norm="l2", eps=width, alpha=0.2 * width, steps=10, random_start=False
+        )
+    else:
+        ref = torchattacks.FGSM(view, eps=0.1)
+        ours = mr.attacks.create("fgsm", modalities="audio", eps=0.1 * width)
+    expected = ref(u, y)
+    out = ours.apply(model, x, y, ctx(data))
+    got = (out.x["audio"] - low) / width
+    assert float((expected - u).abs().max()) > 0.05  # the attack moved the input
+    torch.testing.assert_close(got, expected, rtol=0, atol=TOL)

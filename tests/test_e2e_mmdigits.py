@@ -1,0 +1,85 @@
+"""End-to-end checks on the full MM-Digits dataset (the foundation's acceptance points).
+
+Marked ``slow``; CI runs them. The default benchmark is run once per session into a temporary
+runs folder, then its results are checked.
+"""
+
+import csv
+import json
+
+import pytest
+
+import mmrobust as mr
+from mmrobust.cli import main
+
+pytestmark = pytest.mark.slow
+
+UNIMODAL = ["unimodal-image", "unimodal-audio", "unimodal-text"]
+FUSIONS = ["late", "concat", "attention", "gated"]
+
+
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    assert main(["run", "--runs-dir", str(runs), "--quiet"]) == 0
+    return runs / "default"
+
+
+def read_rows(folder):
+    with (folder / "results.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def clean_acc(rows):
+    return {r["model"]: float(r["accuracy"]) for r in rows if r["condition"] == "clean"}
+
+
+def test_run_folder_contents(default_run):
+    for name in ("config.yaml", "results.csv", "summary.json"):
+        assert (default_run / name).is_file()
+    summary = json.loads((default_run / "summary.json").read_text())
+    assert summary["seed"] == 0
+    assert summary["provenance"]["versions"]["torch"]
+    assert len(summary["dataset"]["checksum"]) == 64
+    assert set(summary["models"]) == set(UNIMODAL + FUSIONS)
+    for label in UNIMODAL + FUSIONS:
+        assert (default_run / "samples" / f"{label}.npz").is_file()
+
+
+def test_accuracy_targets(default_run):
+    acc = clean_acc(read_rows(default_run))
+    for m in UNIMODAL:
+        assert 0.50 <= acc[m] <= 0.88, (m, acc[m])
+    best_uni = max(acc[m] for m in UNIMODAL)
+    for f in FUSIONS:
+        assert acc[f] >= 0.90, (f, acc[f])
+        assert acc[f] >= best_uni + 0.05, (f, acc[f], best_uni)
+
+
+def test_missing_modality_lowers_accuracy_but_late_drop_beats_remaining_unimodal(default_run):
+    rows = read_rows(default_run)
+    acc = clean_acc(rows)
+    uni = {m.split("-")[1]: acc[m] for m in UNIMODAL}
+    missing = [r for r in rows if r["family"] == "missing"]
+    assert missing
+    for r in missing:
+        assert float(r["accuracy"]) <= acc[r["model"]] + 1e-9, r
+    for gone in uni:
+        row = next(r for r in missing if r["model"] == "late" and r["modalities"] == gone and r["fill"] == "drop")
+        remaining = max(a for m, a in uni.items() if m != gone)
+        assert float(row["accuracy"]) > remaining, (gone, row["accuracy"], remaining)
+
+
+def test_rerun_resumes_without_recomputing(default_run, capsys):
+    before = (default_run / "results.csv").read_text()
+    assert main(["run", "--runs-dir", str(default_run.parent)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("checkpoint found, skipping training") == len(UNIMODAL + FUSIONS)
+    assert (default_run / "results.csv").read_text() == before
+
+
+def test_same_seed_same_bytes_full_build(tmp_path):
+    a = mr.datasets.load("mmdigits")
+    b = mr.datasets.load("mmdigits", cache_dir=tmp_path, rebuild=True)
+    assert a.meta["checksum"] == b.meta["checksum"]
+    assert b.meta["build_seconds"] <= 120

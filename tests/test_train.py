@@ -1,0 +1,55 @@
+import pytest
+import torch
+
+import mmrobust as mr
+from mmrobust.train import accuracy
+
+
+def test_training_learns_and_selects_on_validation(toy, tmp_path):
+    model = mr.models.create("late", toy.spec)
+    before = accuracy(model, toy.val)
+    res = mr.train(model, toy, epochs=6, quiet=True, checkpoint=tmp_path / "late.pt")
+    assert res.best_val_accuracy == pytest.approx(max(h["val_accuracy"] for h in res.history))
+    assert accuracy(model, toy.val) == pytest.approx(res.best_val_accuracy)
+    assert res.best_val_accuracy > before + 0.2
+    assert not model.training
+    loaded = mr.models.load(tmp_path / "late.pt")
+    assert accuracy(loaded, toy.test) == pytest.approx(accuracy(model, toy.test))
+    assert loaded.checkpoint_meta["train"]["best_epoch"] == res.best_epoch
+
+
+def test_same_seed_same_accuracies(toy):
+    accs = []
+    for _ in range(2):
+        model = mr.models.create("attention", toy.spec, seed=0)
+        res = mr.train(model, toy, epochs=3, seed=0, quiet=True)
+        accs.append(([h["val_accuracy"] for h in res.history], accuracy(model, toy.test),
+                     [p.detach().clone() for p in model.parameters()]))
+    assert accs[0][0] == accs[1][0]
+    assert accs[0][1] == accs[1][1]
+    assert all(torch.equal(a, b) for a, b in zip(accs[0][2], accs[1][2], strict=True))
+
+
+def test_different_seed_different_run(toy):
+    losses = []
+    for seed in (0, 1):
+        model = mr.models.create("concat", toy.spec, seed=seed)
+        losses.append(mr.train(model, toy, epochs=1, seed=seed, quiet=True).history[0]["train_loss"])
+    assert losses[0] != losses[1]
+
+
+def test_unimodal_model_trains_on_its_modality(toy):
+    model = mr.models.create("unimodal", toy.spec, modality="text")
+    mr.train(model, toy, epochs=15, lr=3e-3, quiet=True)
+    assert model.modalities == ["text"]
+    assert accuracy(model, toy.test) > 0.5
+
+
+def test_bad_training_config_is_clear(toy):
+    model = mr.models.create("late", toy.spec)
+    with pytest.raises(mr.ConfigError, match="epochs"):
+        mr.train(model, toy, epochs=0)
+    with pytest.raises(mr.ConfigError, match="learning_rate"):
+        mr.train(model, toy, learning_rate=0.1)
+    with pytest.raises(mr.InputError, match="DatasetBundle"):
+        mr.train(model, toy.train)
