@@ -34,14 +34,21 @@ class TrainConfig(BaseModel):
 
     epochs: int = Field(20, ge=1, description="Passes over the training split.")
     batch_size: int = Field(64, ge=1)
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     seed: int = Field(0, description="Seeds shuffling and dropout (initialisation: models.create).")
-    unimodal_loss: float | None = Field(
-        None,
+    unimodal_loss: float = Field(
+        1.0,
         ge=0,
-        description="Weight of the mean per-modality CE for late fusion; None: 1.0 for late "
-        "fusion with >= 2 modalities, else 0.",
+        description="Weight of the mean per-modality CE (late fusion: its unimodal logits; other "
+        "fusions: auxiliary heads on each z_m); 0 disables it.",
+    )
+    modality_dropout: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Per-sample probability of zeroing one random modality (padding for token ids) "
+        "in a training batch; fights modality laziness and missing-modality brittleness.",
     )
     patience: int | None = Field(None, ge=1, description="Stop after this many epochs without a new best.")
     quiet: bool = Field(False, description="Silence the progress bar.")
@@ -89,6 +96,25 @@ def accuracy(model: MultimodalModel, data: MultimodalDataset, batch_size: int = 
     return correct / max(len(data), 1)
 
 
+def _drop_modalities(
+    x: dict[str, torch.Tensor], model: MultimodalModel, p: float, gen: torch.Generator
+) -> dict[str, torch.Tensor]:
+    """Zero (or pad) one random modality in a fraction ``p`` of the samples."""
+    n, names = next(iter(x.values())).shape[0], model.modalities
+    hit = torch.rand(n, generator=gen) < p
+    which = torch.randint(len(names), (n,), generator=gen)
+    out = dict(x)
+    for i, m in enumerate(names):
+        mask = hit & (which == i)
+        if bool(mask.any()):
+            spec = model.spec[m]
+            fill = spec.pad_id or 0 if spec.is_tokens else min(max(0.0, spec.low or 0.0), spec.high or 0.0)
+            t = x[m].clone()
+            t[mask] = fill
+            out[m] = t
+    return out
+
+
 def train(
     model: MultimodalModel,
     data: DatasetBundle,
@@ -121,8 +147,6 @@ def train(
     train_set = data.train.select(model.modalities)
     val_set = data.val.select(model.modalities)
     uni_w = cfg.unimodal_loss
-    if uni_w is None:
-        uni_w = 1.0 if model.is_late and len(model.modalities) > 1 else 0.0
 
     gen = seed_everything(cfg.seed)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -139,12 +163,14 @@ def train(
         model.train()
         loss_sum, correct, seen = 0.0, 0, 0
         for x, y, _ in train_set.batches(cfg.batch_size, shuffle=True, generator=gen):
+            if cfg.modality_dropout > 0 and len(model.modalities) > 1:
+                x = _drop_modalities(x, model, cfg.modality_dropout, gen)
             z = model.encode(x)
             fused, aux = model.fuse(z)
             logits = model.head_from_fused(fused)
             loss = F.cross_entropy(logits, y)
-            if uni_w > 0:
-                uni = aux["unimodal_logits"]
+            uni = model.branch_logits(z, aux) if uni_w > 0 else {}
+            if uni:
                 loss = loss + uni_w * sum(F.cross_entropy(u, y) for u in uni.values()) / len(uni)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -153,9 +153,8 @@ def run(
         "flags": [],
     }
     write_json(folder / "summary.json", summary)
-    say("")
-    say(pivot_table(all_rows))
-    say(f"\n[mmrobust] run folder: {folder}  ({summary['wall_seconds']:.0f}s)")
+    print(pivot_table(all_rows))
+    print(f"\n[mmrobust] run folder: {folder}  ({summary['wall_seconds']:.0f}s)")
     return folder
 
 

@@ -69,6 +69,13 @@ class MultimodalModel(nn.Module):
         self.head: nn.Module = (
             nn.Identity() if self.fusion.late else nn.Linear(self.fusion.out_dim, spec.num_classes)
         )
+        # Auxiliary per-modality classifiers for non-late fusions: used only by the training loss
+        # (deep supervision against modality laziness), never in the prediction.
+        self.aux_heads = nn.ModuleDict(
+            {}
+            if self.fusion.late or len(self.spec) < 2
+            else {m: nn.Linear(embed_dim, spec.num_classes) for m in self.spec.names}
+        )
         self.config: dict[str, Any] = {
             "fusion": fusion,
             "embed_dim": embed_dim,
@@ -166,6 +173,16 @@ class MultimodalModel(nn.Module):
                 f"unimodal logits need a late-fusion model; this one uses {self.fusion_name!r}"
             )
         return self.fusion.unimodal_logits(self.encode(x, drop))
+
+    def branch_logits(self, z: Mapping[str, Tensor], aux: Mapping[str, Any]) -> dict[str, Tensor]:
+        """Per-modality logits used by the training loss.
+
+        Late fusion: its unimodal logits; other fusions: the auxiliary heads on each z_m; unimodal
+        models: none.
+        """
+        if self.is_late:
+            return dict(aux["unimodal_logits"]) if len(self.spec) > 1 else {}
+        return {m: self.aux_heads[m](z[m]) for m in z if m in self.aux_heads}
 
     def embed(self, name: str, tokens: Tensor) -> Tensor:
         """Token ids (N, L) of text modality ``name`` -> embeddings (N, L, token_dim)."""
