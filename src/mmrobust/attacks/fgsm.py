@@ -7,7 +7,6 @@ fast gradient method (FGM) of Miyato, Dai, Goodfellow, arXiv 1605.07725.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 from torch import Tensor
@@ -43,18 +42,6 @@ class FGSM(GradientAttack):
     """
 
     name: ClassVar[str] = "fgsm"
-
-    def __init__(
-        self,
-        modalities: str | Sequence[str] = "all",
-        *,
-        eps: float | Mapping[str, float],
-        norm: str = "linf",
-        budget: str = "per_modality",
-        loss: str = "ce",
-        token_surface: str | None = None,
-    ) -> None:
-        super().__init__(modalities, eps=eps, norm=norm, budget=budget, loss=loss, token_surface=token_surface)
 
     def _perturb(self, obj: Objective, ctx: EvalContext) -> tuple[dict[str, Tensor], Tensor, Tensor]:
         _, _, grads = obj.loss_and_grad(obj.origin)
