@@ -53,3 +53,21 @@ def test_bad_training_config_is_clear(toy):
         mr.train(model, toy, learning_rate=0.1)
     with pytest.raises(mr.InputError, match="DatasetBundle"):
         mr.train(model, toy.train)
+
+
+def test_modality_dropout_zeroes_one_modality_per_hit_sample(toy):
+    from mmrobust.train import _drop_modalities
+
+    model = mr.models.create("late", toy.spec)
+    x, _ = toy.train.batch(torch.arange(64))
+    out = _drop_modalities(x, model, 0.999, torch.Generator().manual_seed(0))
+    zeroed = torch.stack(
+        [(out[m] == 0).flatten(1).all(1) & ~(x[m] == 0).flatten(1).all(1) for m in model.modalities], 1
+    )
+    assert torch.equal(zeroed.sum(1), torch.ones(64, dtype=torch.long))  # exactly one modality each
+    for i, m in enumerate(model.modalities):
+        keep = ~zeroed[:, i]
+        assert torch.equal(out[m][keep], x[m][keep])
+    res = [mr.train(mr.models.create("concat", toy.spec), toy, epochs=1, modality_dropout=0.3, quiet=True)
+           for _ in range(2)]
+    assert res[0].history == res[1].history  # seeded

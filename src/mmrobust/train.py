@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
+from mmrobust.attacks.missing import zero_fill
 from mmrobust.datasets.dataset import DatasetBundle, MultimodalDataset
 from mmrobust.errors import ConfigError, InputError
 from mmrobust.models.base import MultimodalModel
@@ -107,11 +108,7 @@ def _drop_modalities(
     for i, m in enumerate(names):
         mask = hit & (which == i)
         if bool(mask.any()):
-            spec = model.spec[m]
-            fill = spec.pad_id or 0 if spec.is_tokens else min(max(0.0, spec.low or 0.0), spec.high or 0.0)
-            t = x[m].clone()
-            t[mask] = fill
-            out[m] = t
+            out[m] = torch.where(mask.view(-1, *[1] * (x[m].dim() - 1)), zero_fill(model.spec[m], x[m]), x[m])
     return out
 
 

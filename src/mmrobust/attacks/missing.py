@@ -25,6 +25,16 @@ from mmrobust.spec import ModalitySpec
 FILLS = ("zeros", "mean", "noise", "drop")
 
 
+def zero_fill(spec: ModalitySpec, like: Tensor) -> Tensor:
+    """The ``zeros`` fill of ``like`` (N, *shape): zeros clipped into the valid range; padding for token ids."""
+    if spec.is_tokens:
+        return torch.full_like(like, spec.pad_id if spec.pad_id is not None else 0)
+    out = torch.zeros_like(like)
+    if spec.low is not None or spec.high is not None:
+        out = out.clamp(spec.low, spec.high)
+    return out
+
+
 def fill_modality(
     spec: ModalitySpec, like: Tensor, fill: str, ctx: EvalContext
 ) -> Tensor:
@@ -34,7 +44,7 @@ def fill_modality(
     if spec.is_tokens:
         pad = spec.pad_id if spec.pad_id is not None else 0
         if fill == "zeros":
-            return torch.full_like(like, pad)
+            return zero_fill(spec, like)
         if fill == "mean":
             assert st is not None and st.mode is not None
             return st.mode.to(like.dtype).expand(n, *spec.shape).clone()
@@ -42,8 +52,8 @@ def fill_modality(
         ids = torch.randint(0, vocab - 1, like.shape, generator=ctx.generator)
         return (ids + (ids >= pad).long()).to(like.dtype)  # uniform over non-pad ids
     if fill == "zeros":
-        out = torch.zeros_like(like)
-    elif fill == "mean":
+        return zero_fill(spec, like)
+    if fill == "mean":
         assert st is not None and st.mean is not None
         out = st.mean.to(like).expand(n, *spec.shape).clone()
     else:
