@@ -38,7 +38,9 @@ class EvaluationResult:
     Attributes:
         model: Model name (for tables).
         seed: Evaluation seed.
-        samples: ``{"index", "label", "pred/clean", "pred/<condition id>": (N,) int arrays}``.
+        samples: ``{"index", "label", "pred/clean", "pred/<condition id>": (N,) int arrays}`` and
+            ``"info/<condition id>/<key>"``: each condition's per-sample extras (success flags,
+            achieved norms, minimal ρ ...), (N,) arrays in dataset order.
         conditions: The conditions' descriptions (:meth:`Condition.describe`), in order.
     """
 
@@ -100,6 +102,14 @@ def _row(desc: dict[str, Any], clean: np.ndarray, corr: np.ndarray) -> dict[str,
         "clean_accuracy": float(clean.mean()) if n else math.nan,
         "attack_success_rate": float((clean & ~corr).sum() / was) if was else math.nan,
     }
+
+
+def _per_sample_info(v: Any, n: int, cid: str, key: str) -> np.ndarray:
+    """A condition's per-sample ``info`` entry as a numpy (N,) array (clear error otherwise)."""
+    a = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+    if a.shape != (n,):
+        raise InputError(f"condition {cid}: info[{key!r}] must hold one value per sample, shape ({n},), got {a.shape}")
+    return a
 
 
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
@@ -180,6 +190,9 @@ def evaluate(
     index, labels = [], []
     from tqdm.auto import tqdm
 
+    for c in conditions:
+        c.prepare(model, data, EvalContext(stats=data.stats, generator=torch.Generator().manual_seed(seed), seed=seed))
+    info: dict[str, list[np.ndarray]] = {}
     batches = data.batches(batch_size)
     total = (len(data) + batch_size - 1) // batch_size
     for x, y, idx in tqdm(batches, total=total, disable=not progress, desc="evaluate", leave=False):
@@ -190,12 +203,15 @@ def evaluate(
             out = c.apply(model, x, y, EvalContext(stats=data.stats, generator=g, seed=seed))
             with torch.no_grad():
                 preds[cid].append(model(out.x, drop=out.drop, embeddings=out.embeddings or None).argmax(1).numpy())
+            for k, v in out.info.items():
+                info.setdefault(f"info/{cid}/{k}", []).append(_per_sample_info(v, len(y), cid, k))
         index.append(idx.numpy())
         labels.append(y.numpy())
     model.train(was_training)
     cat = lambda a: np.concatenate(a) if a else np.zeros(0, np.int64)  # noqa: E731
     samples = {"index": cat(index), "label": cat(labels)}
     samples.update({f"pred/{k}": cat(v) for k, v in preds.items()})
+    samples.update({k: np.concatenate(v) for k, v in info.items()})
     return EvaluationResult(
         model=name or model.config.get("name", model.fusion_name),
         seed=seed,

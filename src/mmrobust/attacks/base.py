@@ -102,6 +102,14 @@ class Condition(ABC):
                     f"{self.name}: unknown modality {m!r}; the model has {model.modalities}"
                 )
 
+    def prepare(self, model: MultimodalModel, dataset: Any, ctx: EvalContext) -> None:  # noqa: B027
+        """Optional dataset-level step run once by :func:`mmrobust.evaluate` before any batch.
+
+        Conditions that need the whole evaluation set (e.g. a universal perturbation fitted over it)
+        override this; per-batch conditions ignore it. ``dataset`` is the evaluated split restricted
+        to the model's modalities; ``ctx.generator`` is seeded from the evaluation seed.
+        """
+
     @abstractmethod
     def apply(
         self, model: MultimodalModel, x: dict[str, Tensor], y: Tensor, ctx: EvalContext
