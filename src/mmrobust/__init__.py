@@ -16,7 +16,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from mmrobust import attacks, datasets, models
+from mmrobust import attacks, datasets, metrics, models, reliability
 from mmrobust.errors import (
     CacheError,
     ConfigError,
@@ -45,6 +45,8 @@ __all__ = [
     "attacks",
     "datasets",
     "evaluate",
+    "metrics",
     "models",
+    "reliability",
     "train",
 ]

@@ -41,9 +41,11 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from mmrobust import datasets
     from mmrobust.attacks.missing import Missing
+    from mmrobust.errors import InputError
     from mmrobust.evaluate import evaluate, rows_to_csv
     from mmrobust.models import load
     from mmrobust.utils.io import write_json, write_text
+    from mmrobust.utils.provenance import provenance
 
     model = load(args.checkpoint)
     dmeta = model.checkpoint_meta.get("dataset", {})
@@ -58,18 +60,51 @@ def _evaluate(args: argparse.Namespace) -> int:
                 if fill == "drop" and not model.supports_drop and args.missing == "each":
                     continue
                 conds.append(Missing(m, fill=fill))
+    conds += _attack_conditions(args.attack or [], args.eps)
+    if args.corruptions:
+        from mmrobust.attacks import create
+        from mmrobust.attacks.corruptions import SEVERITIES, corruption_grid
+
+        mods = model.modalities if args.corruptions == "each" else args.corruptions.split(",")
+        for m in mods:
+            if m not in model.modalities:
+                raise InputError(f"--corruptions: unknown modality {m!r}; the model has {model.modalities}")
+        try:
+            severities = [int(v) for v in args.severities.split(",")] if args.severities else SEVERITIES
+        except ValueError:
+            raise InputError(f"--severities must be a comma list of integers 1..5, got {args.severities!r}") from None
+        conds += [create("corruption", modalities=m, kind=k, severity=v)
+                  for m, k, v in corruption_grid(model.spec, mods, severities)]
     result = evaluate(model, split, conds, seed=args.seed, name=Path(args.checkpoint).stem,
-                      progress=not args.quiet)
+                      progress=not args.quiet, checks=not args.no_checks)
     print(result.table())
+    if result.flags:
+        print("\nreliability flags (docs/flags.md):\n" + result.flag_report())
     if args.out:
         out = Path(args.out)
         rows = [{"model": result.model, "seed": args.seed, **r} for r in result.rows()]
         write_text(out / "results.csv", rows_to_csv(rows))
         result.save_samples(out / "samples.npz")
         write_json(out / "summary.json", {"checkpoint": str(args.checkpoint), "split": args.split,
-                                          "seed": args.seed, "rows": rows})
+                                          "seed": args.seed, "rows": rows, "flags": result.flags,
+                                          "provenance": provenance()})
         print(f"results written to {out}")
     return 0
+
+
+def _attack_conditions(specs: Sequence[str], eps: str | None) -> list:
+    """Conditions from ``--attack`` strings; ``--eps`` expands those without their own eps into a grid."""
+    from mmrobust.attacks.parse import parse_condition, parse_spec, parse_value
+
+    grid = [parse_value(v) for v in eps.split(",")] if eps else []
+    out = []
+    for text in specs:
+        name, params = parse_spec(text)
+        if grid and "eps" not in params and name not in ("missing", "corruption"):
+            out += [parse_condition(text, eps=e) for e in grid]
+        else:
+            out.append(parse_condition(text))
+    return out
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -137,7 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=_train)
 
-    e = sub.add_parser("evaluate", help="evaluate a checkpoint clean and with missing modalities")
+    e = sub.add_parser(
+        "evaluate",
+        help="evaluate a checkpoint clean, under attacks, corruptions and missing modalities",
+        description="Evaluate a checkpoint. Conditions: --attack NAME:key=value,... (repeatable; e.g. "
+        "pgd:modalities=audio,eps=0.03,steps=20 or apgd:modalities=each,eps=0.05,token_surface=embedding), "
+        "--eps grid for attacks without their own eps, --corruptions, --missing. Reliability flags "
+        "(docs/flags.md) are printed after the table.",
+    )
     e.add_argument("checkpoint")
     e.add_argument("--dataset", default="mmdigits")
     e.add_argument("--data-seed", type=int, default=None)
@@ -145,6 +187,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="test", choices=["train", "val", "test"])
     e.add_argument("--missing", default=None, help="'each' or a comma list of modalities to remove")
     e.add_argument("--fills", default="zeros,mean,drop", help="comma list of zeros, mean, noise, drop")
+    e.add_argument("--attack", action="append", metavar="SPEC",
+                   help="NAME:key=value,... e.g. pgd:modalities=audio,eps=0.03,steps=20 (repeatable; "
+                        "lists a+b, per-modality values m1:v1/m2:v2)")
+    e.add_argument("--eps", default=None, help="comma list of radii: one condition per eps for each --attack "
+                                              "that sets none")
+    e.add_argument("--corruptions", default=None,
+                   help="'each' or a comma list of modalities: every corruption kind of those modalities")
+    e.add_argument("--severities", default=None, help="comma list of corruption severities (default 1,2,3,4,5)")
+    e.add_argument("--no-checks", action="store_true", help="skip the reliability checks")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--out", default=None, help="folder for results.csv, samples.npz, summary.json")
     e.add_argument("--quiet", action="store_true")

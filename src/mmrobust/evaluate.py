@@ -20,14 +20,16 @@ import numpy as np
 import torch
 
 from mmrobust.attacks.base import Condition, EvalContext
+from mmrobust.attacks.gradient import GradientAttack
 from mmrobust.datasets.dataset import MultimodalDataset
 from mmrobust.errors import InputError
 from mmrobust.models.base import MultimodalModel
+from mmrobust.reliability import Flag, ReliabilityChecks
 from mmrobust.utils.io import atomic_write
 
 SUMMARY_COLUMNS = (
-    "condition", "family", "modalities", "params", "n", "accuracy", "clean_accuracy",
-    "attack_success_rate",
+    "condition", "label", "family", "modalities", "params", "n", "accuracy", "clean_accuracy",
+    "attack_success_rate", "flags",
 )
 
 
@@ -42,12 +44,15 @@ class EvaluationResult:
             ``"info/<condition id>/<key>"``: each condition's per-sample extras (success flags,
             achieved norms, minimal ρ ...), (N,) arrays in dataset order.
         conditions: The conditions' descriptions (:meth:`Condition.describe`), in order.
+        flags: Reliability flags (:class:`mmrobust.reliability.Flag` as dicts: name, condition
+            (``""`` for the model), message, modality, value); see ``docs/flags.md``.
     """
 
     model: str
     seed: int
     samples: dict[str, np.ndarray]
     conditions: list[dict[str, Any]] = field(default_factory=list)
+    flags: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def n(self) -> int:
@@ -68,17 +73,26 @@ class EvaluationResult:
         out = [_row({"condition": "clean", "family": "clean", "modalities": ""}, clean, clean)]
         for c in self.conditions:
             out.append(_row(c, clean, self.correct(c["condition"])))
+        for r in out:
+            cond = "" if r["condition"] == "clean" else r["condition"]
+            r["flags"] = ";".join(_label(f) for f in self.flags if f["condition"] == cond)
         return out
+
+    def flag_report(self) -> str:
+        """The reliability flags in plain words, one per line (``""`` when none was raised)."""
+        return "\n".join(
+            f"[{f['name']}] {f['condition'] or 'model'}: {f['message']}" for f in self.flags
+        )
 
     def accuracy(self, condition: str = "clean") -> float:
         """Accuracy under ``condition``."""
         return float(self.correct(condition).mean()) if self.n else math.nan
 
     def table(self) -> str:
-        """Fixed-width text table of :meth:`rows`."""
+        """Fixed-width text table of :meth:`rows` (a ``flags`` column when any flag was raised)."""
+        columns = ["model", "label", "n", "accuracy", "attack_success_rate"]
         return format_table(
-            [{"model": self.model, **r} for r in self.rows()],
-            ["model", "condition", "n", "accuracy", "attack_success_rate"],
+            [{"model": self.model, **r} for r in self.rows()], columns + (["flags"] if self.flags else [])
         )
 
     def save_samples(self, path: str | os.PathLike[str]) -> None:
@@ -90,9 +104,10 @@ class EvaluationResult:
 def _row(desc: dict[str, Any], clean: np.ndarray, corr: np.ndarray) -> dict[str, Any]:
     n = int(clean.shape[0])
     was = clean.sum()
-    params = {k: v for k, v in desc.items() if k not in ("condition", "family", "name", "modalities")}
+    params = {k: v for k, v in desc.items() if k not in ("condition", "label", "family", "name", "modalities")}
     return {
         "condition": desc["condition"],
+        "label": desc.get("label", desc["condition"]),
         "family": desc["family"],
         "modalities": desc.get("modalities", ""),
         "params": ";".join(f"{k}={v}" for k, v in params.items()),
@@ -102,6 +117,10 @@ def _row(desc: dict[str, Any], clean: np.ndarray, corr: np.ndarray) -> dict[str,
         "clean_accuracy": float(clean.mean()) if n else math.nan,
         "attack_success_rate": float((clean & ~corr).sum() / was) if was else math.nan,
     }
+
+
+def _label(flag: dict[str, Any]) -> str:
+    return f"{flag['name']}({flag['modality']})" if flag.get("modality") else str(flag["name"])
 
 
 def _per_sample_info(v: Any, n: int, cid: str, key: str) -> np.ndarray:
@@ -152,6 +171,7 @@ def evaluate(
     seed: int = 0,
     name: str | None = None,
     progress: bool = False,
+    checks: bool | ReliabilityChecks = True,
 ) -> EvaluationResult:
     """Evaluate ``model`` on ``dataset`` clean and under each condition.
 
@@ -164,6 +184,10 @@ def evaluate(
             sample index), so results do not depend on the order batches run in.
         name: Model name for tables (default: its registry name).
         progress: Show a progress bar.
+        checks: Run the reliability checks of methods.md §8 (``True``: default thresholds, or a
+            :class:`~mmrobust.reliability.ReliabilityChecks`; ``False``: skip). Model and gradient
+            checks use the first batch; the random-noise baseline runs on every batch; flags land in
+            ``result.flags`` and in each row's ``flags`` column (``docs/flags.md`` explains them).
 
     Returns:
         Per-sample predictions and summary rows.
@@ -193,16 +217,36 @@ def evaluate(
     for c in conditions:
         c.prepare(model, data, EvalContext(stats=data.stats, generator=torch.Generator().manual_seed(seed), seed=seed))
     info: dict[str, list[np.ndarray]] = {}
+    checker = ReliabilityChecks() if checks is True else (checks or None)
+    flags: list[Flag] = []
+    gradient = {cid for c, cid in zip(conditions, ids, strict=True) if isinstance(c, GradientAttack)}
+    noise: dict[str, list[torch.Tensor]] = {cid: [] for cid in gradient}
+    robust: dict[str, list[torch.Tensor]] = {cid: [] for cid in gradient}
     batches = data.batches(batch_size)
     total = (len(data) + batch_size - 1) // batch_size
     for x, y, idx in tqdm(batches, total=total, disable=not progress, desc="evaluate", leave=False):
         with torch.no_grad():
             preds["clean"].append(model(x).argmax(1).numpy())
+        if checker is not None and not index:  # first batch
+            flags += checker.model_flags(model, x)
+            for c, cid in zip(conditions, ids, strict=True):
+                if cid in gradient:
+                    flags += checker.gradient_flags(model, c, x, y)
+            if gradient:
+                g = torch.Generator().manual_seed(seed * 1_000_003 + 17)
+                flags += checker.unbounded_flags(model, x, y, g)
         for c, cid in zip(conditions, ids, strict=False):
             g = torch.Generator().manual_seed(seed * 1_000_003 + int(idx[0]))
             out = c.apply(model, x, y, EvalContext(stats=data.stats, generator=g, seed=seed))
             with torch.no_grad():
-                preds[cid].append(model(out.x, drop=out.drop, embeddings=out.embeddings or None).argmax(1).numpy())
+                pred = model(out.x, drop=out.drop, embeddings=out.embeddings or None).argmax(1)
+            preds[cid].append(pred.numpy())
+            if checker is not None and cid in gradient:
+                g = torch.Generator().manual_seed(seed * 1_000_003 + int(idx[0]) + 7_919)
+                ns = checker.noise_success(model, c, x, y, g)
+                if ns is not None:
+                    noise[cid].append(ns.cpu())
+                    robust[cid].append((pred == y).cpu())
             for k, v in out.info.items():
                 info.setdefault(f"info/{cid}/{k}", []).append(_per_sample_info(v, len(y), cid, k))
         index.append(idx.numpy())
@@ -212,9 +256,17 @@ def evaluate(
     samples = {"index": cat(index), "label": cat(labels)}
     samples.update({f"pred/{k}": cat(v) for k, v in preds.items()})
     samples.update({k: np.concatenate(v) for k, v in info.items()})
-    return EvaluationResult(
+    if checker is not None:
+        for cid in gradient:
+            if noise[cid]:
+                flags += checker.noise_flags(cid, torch.cat(noise[cid]), torch.cat(robust[cid]))
+    result = EvaluationResult(
         model=name or model.config.get("name", model.fusion_name),
         seed=seed,
         samples=samples,
         conditions=[c.describe() for c in conditions],
     )
+    if checker is not None:
+        flags += checker.monotone_flags(result.rows())
+    result.flags = [f.to_dict() for f in flags]
+    return result

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from mmrobust.errors import UnknownNameError
+from mmrobust.errors import InputError, UnknownNameError
 
 T = TypeVar("T")
 
@@ -45,8 +46,23 @@ class Registry(Generic[T]):
         return self._items[name]
 
     def create(self, name: str, *args: object, **kwargs: object) -> T:
-        """Instantiate the component registered as ``name``."""
-        return self.get(name)(*args, **kwargs)
+        """Instantiate the component registered as ``name``.
+
+        Raises:
+            UnknownNameError: unknown ``name``.
+            InputError: a keyword the component does not take (naming it and the accepted ones).
+        """
+        factory = self.get(name)
+        unknown = _unknown_keywords(factory, kwargs)
+        if unknown:
+            accepted = [k for k in _keywords(factory) if k != "self"]
+            hint = difflib.get_close_matches(unknown[0], accepted, n=1)
+            extra = f" Did you mean {hint[0]!r}?" if hint else ""
+            raise InputError(
+                f"{self.kind} {name!r} takes no hyper-parameter {', '.join(map(repr, unknown))}; it accepts "
+                f"{', '.join(accepted)}.{extra}"
+            )
+        return factory(*args, **kwargs)
 
     def names(self) -> list[str]:
         """Sorted list of registered names."""
@@ -60,3 +76,23 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+def _keywords(factory: Callable[..., object]) -> list[str]:
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in params.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def _unknown_keywords(factory: Callable[..., object], kwargs: dict[str, object]) -> list[str]:
+    """Keywords ``factory`` would reject (none if it takes ``**kwargs`` or has no signature)."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return []
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return []
+    known = set(_keywords(factory))
+    return [k for k in kwargs if k not in known]

@@ -14,18 +14,26 @@ from __future__ import annotations
 
 from typing import Any
 
+from mmrobust.attacks.apgd import APGD
 from mmrobust.attacks.base import Condition, ConditionOutput, EvalContext
+from mmrobust.attacks.corruptions import Corruption
+from mmrobust.attacks.decoupling import Decoupling, asr_curve
 from mmrobust.attacks.fgsm import FGSM
 from mmrobust.attacks.gradient import LOSSES, AttackOutput, GradientAttack
 from mmrobust.attacks.missing import FILLS, Missing
 from mmrobust.attacks.pgd import PGD
 from mmrobust.attacks.threat import ResolvedThreat, ThreatModel
+from mmrobust.attacks.universal import Universal
 from mmrobust.registry import Registry
 
 ATTACKS: Registry[Condition] = Registry("attack")
 ATTACKS.register("missing")(Missing)
+ATTACKS.register("corruption")(Corruption)
 ATTACKS.register("fgsm")(FGSM)
 ATTACKS.register("pgd")(PGD)
+ATTACKS.register("decoupling")(Decoupling)
+ATTACKS.register("apgd")(APGD)
+ATTACKS.register("universal")(Universal)
 
 
 def create(name: str, **hparams: Any) -> Condition:
@@ -39,6 +47,7 @@ def names() -> list[str]:
 
 
 __all__ = [
+    "APGD",
     "ATTACKS",
     "FGSM",
     "FILLS",
@@ -47,11 +56,15 @@ __all__ = [
     "AttackOutput",
     "Condition",
     "ConditionOutput",
+    "Corruption",
+    "Decoupling",
     "EvalContext",
     "GradientAttack",
     "Missing",
     "ResolvedThreat",
     "ThreatModel",
+    "Universal",
+    "asr_curve",
     "create",
     "names",
 ]

@@ -84,10 +84,37 @@ class Condition(ABC):
         kv = ",".join(f"{k}={v}" for k, v in self.params().items() if k != "modalities")
         return f"{self.name}[{'+'.join(self.modalities)}{'|' + kv if kv else ''}]"
 
+    @property
+    def label(self) -> str:
+        """Short form of :attr:`id` for tables: only the parameters that differ from their defaults.
+
+        E.g. ``pgd[audio|eps=0.03,steps=20]``; the full :attr:`id` stays the key of every result.
+        """
+        import inspect
+
+        try:
+            defaults = {
+                k: p.default
+                for k, p in inspect.signature(type(self).__init__).parameters.items()
+                if p.default is not inspect.Parameter.empty
+            }
+        except (TypeError, ValueError):
+            defaults = {}
+
+        def is_default(k: str, v: Any) -> bool:
+            if k not in defaults:
+                return False
+            d = defaults[k]
+            return v == d or (d is None and v in ("auto", "none", None))
+
+        kv = ",".join(f"{k}={v}" for k, v in self.params().items() if k != "modalities" and not is_default(k, v))
+        return f"{self.name}[{'+'.join(self.modalities)}{'|' + kv if kv else ''}]"
+
     def describe(self) -> dict[str, Any]:
-        """Id, family, name, modalities and params."""
+        """Id, label, family, name, modalities and params."""
         return {
             "condition": self.id,
+            "label": self.label,
             "family": self.family,
             "name": self.name,
             "modalities": "+".join(self.modalities),

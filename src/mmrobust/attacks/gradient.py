@@ -27,6 +27,7 @@ unchanged; the adversarial embeddings come in :attr:`AttackOutput.embeddings`, a
 from __future__ import annotations
 
 import contextlib
+import copy
 from abc import abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -204,7 +205,8 @@ class GradientAttack(Condition):
     ``budgets`` list what they support.
 
     Args:
-        modalities: Attacked modality name, list of names, or ``"all"``.
+        modalities: Attacked modality name, list of names, ``"all"``, or ``"each"`` (every modality
+            attacked alone; per sample the worst case over them, see :meth:`_apply_each`).
         eps: Radius (float, or ``{modality: radius}``) in each modality's input units.
         norm: ``linf`` or ``l2`` (must be in the attack's ``norms``).
         budget: ``per_modality`` or ``joint`` (ℓ2 ball over the concatenation).
@@ -217,6 +219,9 @@ class GradientAttack(Condition):
     """
 
     family: ClassVar[str] = "attack"
+    #: Each sample has its own perturbation (False for universal perturbations); the reliability
+    #: checks compare such attacks with random points of the same ball.
+    per_sample_threat: ClassVar[bool] = True
     norms: ClassVar[tuple[str, ...]] = ("linf", "l2")
     budgets: ClassVar[tuple[str, ...]] = ("per_modality", "joint")
 
@@ -264,6 +269,20 @@ class GradientAttack(Condition):
         """Threat-model hyper-parameters and the loss; subclasses append their own."""
         return {**self.threat.params(), "loss": self.loss}
 
+    def single(self, modality: str) -> GradientAttack:
+        """This attack restricted to one modality (what ``modalities="each"`` runs for every modality).
+
+        The copies are cached, so per-modality state (e.g. a fitted universal perturbation) lives on.
+        """
+        cache = self.__dict__.setdefault("_singles", {})
+        if modality not in cache:
+            clone = copy.copy(self)
+            clone._singles = {}
+            clone.threat = self.threat.single(modality)
+            clone.modalities = [modality]
+            cache[modality] = clone
+        return cache[modality]
+
     def resolve(self, model: Any) -> ResolvedThreat:
         """Check this attack against ``model`` and resolve its threat model.
 
@@ -284,6 +303,14 @@ class GradientAttack(Condition):
 
     def check(self, model: Any) -> None:
         """Raise a clear error if this attack cannot run on ``model``."""
+        if self.threat.each:
+            try:
+                names = self.threat.expand(model)
+            except InputError as e:
+                raise InputError(f"{self.name}: {e}") from None
+            for m in names:
+                self.single(m).check(model)
+            return
         self.resolve(model)
 
     def apply(
@@ -301,6 +328,8 @@ class GradientAttack(Condition):
         Returns:
             An :class:`AttackOutput` (adversarial batch, per-sample ``success``, ``loss`` and norms).
         """
+        if self.threat.each:
+            return self._apply_each(model, x, y, ctx)
         threat = self.resolve(model)
         with attack_mode(model):
             _validate(model, x, y, threat)
@@ -308,9 +337,61 @@ class GradientAttack(Condition):
             adv, loss, success = self._perturb(obj, ctx)
             return obj.output(adv, loss, success)
 
+    def prepare(self, model: Any, dataset: Any, ctx: EvalContext) -> None:
+        """Dataset-level preparation; with ``modalities="each"`` every single-modality copy prepares."""
+        if self.threat.each:
+            for m in self.threat.expand(model):
+                self.single(m).prepare(model, dataset, ctx)
+
+    def _apply_each(self, model: Any, x: dict[str, Tensor], y: Tensor, ctx: EvalContext) -> AttackOutput:
+        """Attack every modality alone and keep, per sample, the worst case over modalities.
+
+        Per sample the chosen modality is the first (in the model's order) whose attack succeeds,
+        else the one with the highest loss. The output batch carries only that modality's
+        perturbation (the other modalities of that sample are the clean values), so the model is
+        evaluated on a genuine single-source adversarial example.
+
+        Extra ``info``: ``modality`` (index into ``model.modalities`` of the chosen modality),
+        ``success/<m>`` and ``loss/<m>`` for every modality's own attack; ``norm/<m>`` is the
+        achieved norm of the returned batch (0 where another modality was chosen).
+        """
+        self.check(model)
+        names = self.threat.expand(model)
+        outs = {m: self.single(m).apply(model, x, y, ctx) for m in names}
+        succ = torch.stack([outs[m].info["success"] for m in names], 1)
+        loss = torch.stack([outs[m].info["loss"] for m in names], 1)
+        # first success in model order, else the highest loss
+        key = torch.where(succ, torch.full_like(loss, float("inf")), loss)
+        first = torch.where(succ.any(1), succ.float().argmax(1), key.argmax(1))
+        x_out = dict(x)
+        embeddings: dict[str, Tensor] = {}
+        info: dict[str, Tensor] = {
+            "success": succ.any(1),
+            "loss": loss.gather(1, first[:, None]).squeeze(1),
+            "modality": first,
+        }
+        for i, m in enumerate(names):
+            take = first == i
+            out = outs[m]
+            if m in out.embeddings:
+                with torch.no_grad():
+                    clean = model.embed(m, x[m])
+                embeddings[m] = torch.where(_rows(take, clean), out.embeddings[m], clean)
+            elif bool(take.any()):
+                x_out[m] = torch.where(_rows(take, x[m]), out.x[m], x[m])
+            info[f"success/{m}"] = out.info["success"]
+            info[f"loss/{m}"] = out.info["loss"]
+            info[f"norm/{m}"] = torch.where(take, out.info[f"norm/{m}"], torch.zeros_like(out.info[f"norm/{m}"]))
+        return AttackOutput(x=x_out, info=info, embeddings=embeddings)
+
     @abstractmethod
     def _perturb(self, obj: Objective, ctx: EvalContext) -> tuple[dict[str, Tensor], Tensor, Tensor]:
         """Return the adversarial variables ``{m: x'_m}`` and their per-sample loss and success."""
+
+
+def _rows(flags: Tensor, like: Tensor) -> Tensor:
+    """(N,) flags reshaped to broadcast over ``like`` (N, ...)."""
+    return flags.reshape(-1, *([1] * (like.dim() - 1)))
 
 
 def _validate(model: Any, x: Mapping[str, Tensor], y: object, threat: ResolvedThreat) -> None:

@@ -2,8 +2,10 @@
 
 A threat model (methods.md §1) states which modalities an attacker may change and by how much:
 
-* ``modalities``: one name (single-source attack), a list, or ``"all"`` of the model's modalities;
-* ``norm``: ``linf`` or ``l2``, measured per sample over all coordinates of a modality;
+* ``modalities``: one name (single-source attack), a list, ``"all"`` of the model's modalities, or
+  ``"each"``: every modality attacked alone in turn, with the per-sample worst case over them;
+* ``norm``: ``linf``, ``l2`` or ``l0`` (number of changed coordinates), per sample over all
+  coordinates of a modality;
 * ``eps``: one radius for every attacked modality or ``{modality: radius}``, each in that
   modality's **input units** (embedding units for token modalities attacked through embeddings);
 * ``budget``: ``per_modality`` (each attacked modality has its own ball) or ``joint`` (one ℓ2 ball
@@ -36,7 +38,7 @@ from torch import Tensor
 
 from mmrobust.errors import InputError, UnsupportedError
 
-NORMS: tuple[str, ...] = ("linf", "l2")
+NORMS: tuple[str, ...] = ("linf", "l2", "l0")
 BUDGETS: tuple[str, ...] = ("per_modality", "joint")
 TOKEN_SURFACES: tuple[str, ...] = ("embedding",)
 
@@ -68,6 +70,8 @@ def sample_norms(t: Tensor, norm: str) -> Tensor:
         return flat.abs().amax(dim=1)
     if norm == "l2":
         return torch.linalg.vector_norm(flat, ord=2, dim=1)
+    if norm == "l0":
+        return (flat != 0).sum(dim=1).to(t.dtype if t.dtype.is_floating_point else torch.float32)
     raise InputError(f"unsupported norm {norm!r}; choose one of {', '.join(NORMS)}")
 
 
@@ -86,7 +90,9 @@ def project_ball(
     """Project perturbations onto the threat model's ball, per sample.
 
     ℓ∞: clamp every coordinate to [−ε_m, ε_m]. ℓ2: rescale δ_m by min(1, ε_m/‖δ_m‖₂) (per modality),
-    or every δ_m by min(1, ε/‖δ‖₂) with ‖δ‖₂ over the concatenation (``joint``).
+    or every δ_m by min(1, ε/‖δ‖₂) with ‖δ‖₂ over the concatenation (``joint``). ℓ0: keep the ⌊ε_m⌋
+    coordinates of largest magnitude (ties broken by position), zero the rest — the exact Euclidean
+    projection onto the ℓ0 ball.
 
     Args:
         deltas: ``{m: δ_m of shape (N, ...)}``.
@@ -116,9 +122,31 @@ def project_ball(
             n = sample_norms(d, "l2")
             factor = (_as_tensor(eps[m], n) / n.clamp_min(_TINY)).clamp(max=1.0)
             out[m] = d * factor.reshape(-1, *([1] * (d.dim() - 1)))
+        elif norm == "l0":
+            out[m] = d * _top_k_mask(d.abs(), eps[m])
         else:
             raise InputError(f"unsupported norm {norm!r}; choose one of {', '.join(NORMS)}")
     return out
+
+
+def _top_k_mask(scores: Tensor, k: float | Tensor) -> Tensor:
+    """Boolean mask (same shape as ``scores``) of the ⌊k⌋ largest entries per sample (N, ...).
+
+    ``k`` is a number or an (N,) tensor of per-sample counts; sorting is stable, so ties go to the
+    lower flat position and the mask is deterministic.
+    """
+    n = scores.shape[0]
+    flat = scores.reshape(n, -1)
+    order = torch.argsort(flat, dim=1, descending=True, stable=True)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(flat.shape[1], device=flat.device).expand(n, -1).contiguous())
+    kk = k.to(flat.device).floor().reshape(-1, 1) if isinstance(k, Tensor) else math.floor(k)
+    return (ranks < kk).reshape(scores.shape)
+
+
+def _nonzero(norms: Tensor) -> Tensor:
+    """Norms with exact zeros replaced by 1 (a zero gradient then gives a zero direction)."""
+    return torch.where(norms > 0, norms, torch.ones_like(norms))
 
 
 def _as_tensor(v: float | Tensor, like: Tensor) -> Tensor:
@@ -188,6 +216,17 @@ class ResolvedThreat:
             ``{m: clip(x_m + Π_ball(x'_m − x_m), low_m, high_m)}`` (new tensors).
         """
         masks = masks or {}
+        if self.norm == "l0":
+            # Exact Euclidean projection onto box ∩ ℓ0 ball: changing coordinate i to its clipped value c_i
+            # instead of leaving it at o_i saves (o_i − a_i)² − (c_i − a_i)²; keep the k largest savings.
+            out = {}
+            for m in self.modalities:
+                a, o = adv[m], origin[m]
+                c = clip_to_range(a, self.low[m], self.high[m])
+                gain = _masked((o - a).square() - (c - a).square(), masks.get(m))
+                keep = _top_k_mask(gain, self.eps[m]) & (gain > 0)
+                out[m] = torch.where(keep, c, o)
+            return out
         deltas = project_ball({m: adv[m] - origin[m] for m in self.modalities}, self.eps, self.norm, self.budget)
         return {
             m: clip_to_range(origin[m] + _masked(deltas[m], masks.get(m)), self.low[m], self.high[m])
@@ -200,7 +239,8 @@ class ResolvedThreat:
         """Steepest-ascent direction of unit norm for a gradient.
 
         ℓ∞: sign(∇). ℓ2: ∇_m/‖∇_m‖₂ per modality, or ∇_m/‖∇‖₂ over the concatenation (``joint``).
-        A zero gradient gives a zero direction.
+        ℓ0: ∇_m/‖∇_m‖∞ (a dense step; the ℓ0 projection then keeps the k largest changes). A zero
+        gradient gives a zero direction.
 
         Args:
             grads: ``{m: ∇_m L (N, ...)}``.
@@ -213,13 +253,16 @@ class ResolvedThreat:
         g = {m: _masked(grads[m], masks.get(m)) for m in self.modalities}
         if self.norm == "linf":
             return {m: t.sign() for m, t in g.items()}
+        if self.norm == "l0":  # the steepest coordinate moves by the full step, the others in proportion
+            return {
+                m: t / _nonzero(sample_norms(t, "linf")).reshape(-1, *([1] * (t.dim() - 1))) for m, t in g.items()
+            }
+        # Exact normalisation whenever the norm is non-zero: very confident samples have gradients
+        # of norm ~1e-15 and still deserve a full-length step (an additive guard would shrink it).
         if self.joint:
-            total = joint_l2_norms(g).clamp_min(_TINY)
+            total = _nonzero(joint_l2_norms(g))
             return {m: t / total.reshape(-1, *([1] * (t.dim() - 1))) for m, t in g.items()}
-        return {
-            m: t / sample_norms(t, "l2").clamp_min(_TINY).reshape(-1, *([1] * (t.dim() - 1)))
-            for m, t in g.items()
-        }
+        return {m: t / _nonzero(sample_norms(t, "l2")).reshape(-1, *([1] * (t.dim() - 1))) for m, t in g.items()}
 
     def step(
         self,
@@ -261,6 +304,21 @@ class ResolvedThreat:
             return fn(shape, generator=generator, dtype=torch.float32).to(like)
 
         n = next(iter(origin.values())).shape[0]
+        if self.norm == "l0":  # ⌊ε⌋ random perturbable coordinates set to uniform values of the valid range
+            adv = {}
+            for m in self.modalities:
+                o = origin[m]
+                scores = draw(o.shape, True, o)
+                if masks.get(m) is not None:
+                    scores = torch.where(masks[m], scores, torch.full_like(scores, -1.0))
+                pick = _top_k_mask(scores, self.eps[m])
+                if masks.get(m) is not None:
+                    pick &= masks[m].expand_as(pick)
+                lo, hi = self.low[m], self.high[m]
+                u = draw(o.shape, True, o)
+                value = lo + (hi - lo) * u if lo is not None and hi is not None else o + (2 * u - 1)
+                adv[m] = torch.where(pick, value, o)
+            return adv
         if self.norm == "linf":
             deltas = {
                 m: _masked((2 * draw(origin[m].shape, True, origin[m]) - 1) * self.eps[m], masks.get(m))
@@ -299,12 +357,14 @@ class ThreatModel:
     against a model by :meth:`resolve`.
 
     Args:
-        modalities: A modality name (single-source attack), a list of names, or ``"all"``.
+        modalities: A modality name (single-source attack), a list of names, ``"all"``, or
+            ``"each"`` (every modality attacked alone in turn; attacks report the per-sample worst
+            case over them and each modality's own outcome).
         eps: Radius for every attacked modality, or ``{modality: radius}`` with one entry per
             attacked modality, in that modality's input units (embedding units for token
             modalities attacked through embeddings). Must be finite and >= 0; ε = 0 leaves the
             batch unchanged. A joint budget takes one radius.
-        norm: ``linf`` or ``l2``.
+        norm: ``linf``, ``l2`` or ``l0`` (ε is then a whole number of coordinates per modality).
         budget: ``per_modality`` (one ball per attacked modality) or ``joint`` (one ℓ2 ball over
             the concatenation of the attacked modalities, ‖δ‖₂ = (Σ_m ‖δ_m‖₂²)^{1/2} ≤ ε, as in
             CRMT, arXiv 2402.06244; needs ``norm="l2"``).
@@ -350,9 +410,32 @@ class ThreatModel:
         self.budget = budget
         self.token_surface = token_surface
         self.eps: float | dict[str, float] = self._check_eps(eps)
+        if norm == "l0":
+            for v in self.eps.values() if isinstance(self.eps, dict) else [self.eps]:
+                if v != math.floor(v):
+                    raise InputError(f"for norm 'l0' eps is a number of coordinates (a whole number), got {v:g}")
+
+    @property
+    def each(self) -> bool:
+        """True for ``modalities="each"``: every modality attacked alone, worst case per sample."""
+        return self.modalities == "each"
+
+    def single(self, modality: str) -> ThreatModel:
+        """The single-source threat model on ``modality`` (what ``"each"`` runs for every modality)."""
+        eps = self.eps[modality] if isinstance(self.eps, dict) else self.eps
+        return ThreatModel(modality, eps=eps, norm=self.norm, budget=self.budget, token_surface=self.token_surface)
+
+    def expand(self, model: Any) -> list[str]:
+        """The modality groups this threat stands for on ``model``: ``"each"`` → every modality."""
+        if not self.each:
+            raise InputError("expand() is only defined for modalities='each'")
+        names = list(model.modalities)
+        if isinstance(self.eps, dict):
+            _check_keys(self.eps, names)
+        return names
 
     def _check_eps(self, eps: object) -> float | dict[str, float]:
-        who = "all modalities" if self.modalities == "all" else ", ".join(self.modalities)
+        who = f"{self.modalities} modalities" if isinstance(self.modalities, str) else ", ".join(self.modalities)
         if isinstance(eps, Mapping):
             if self.budget == "joint":
                 raise InputError(
@@ -366,7 +449,7 @@ class ThreatModel:
                 if not isinstance(m, str):
                     raise InputError(f"eps keys must be modality names, got {m!r}")
                 out[m] = _check_radius(v, f"eps for modality {m!r}")
-            if self.modalities != "all":
+            if not isinstance(self.modalities, str):
                 _check_keys(out, list(self.modalities))
             return out
         return _check_radius(eps, f"eps (attacked modalities: {who})")
@@ -401,6 +484,11 @@ class ThreatModel:
             UnsupportedError: a token modality whose encoder has no embedding surface.
         """
         names = list(model.modalities)
+        if self.each:
+            raise InputError(
+                "modalities='each' stands for one single-source threat per modality; resolve "
+                "threat.single(m) for each m in threat.expand(model)"
+            )
         wanted = names if self.modalities == "all" else list(self.modalities)
         for m in wanted:
             if m not in names:
@@ -448,15 +536,14 @@ def _check_modalities(modalities: object) -> str | list[str]:
         if modalities == "all":
             return "all"
         if modalities == "each":
-            raise InputError(
-                "modalities='each' (every single modality in turn) is not available for this attack yet; "
-                "create one attack per modality"
-            )
+            return "each"
         if not modalities:
-            raise InputError("modalities must be a modality name, a list of names or 'all', got ''")
+            raise InputError("modalities must be a modality name, a list of names, 'all' or 'each', got ''")
         return [modalities]
     if not isinstance(modalities, Sequence) or not modalities:
-        raise InputError(f"modalities must be a modality name, a non-empty list of names or 'all', got {modalities!r}")
+        raise InputError(
+            f"modalities must be a modality name, a non-empty list of names, 'all' or 'each', got {modalities!r}"
+        )
     out = list(modalities)
     for m in out:
         if not isinstance(m, str) or not m:

@@ -31,7 +31,7 @@ from mmrobust.utils.provenance import provenance
 
 DATASET_META_KEYS = ("checksum", "seed", "size", "audio", "builder_version", "espeak_ng_version")
 RESULT_COLUMNS = [
-    "model", "defense", "condition", "family", "modalities", "fill", "eps", "severity", "seed",
+    "model", "defense", "condition", "label", "family", "modalities", "fill", "kind", "eps", "severity", "seed",
     "n", "accuracy", "clean_accuracy", "attack_success_rate", "flags",
 ]
 
@@ -98,6 +98,7 @@ def run(
         f"samples, modalities {data.spec.names} (checksum {data.meta['checksum'][:12]})")
 
     all_rows: list[dict[str, Any]] = []
+    all_flags: list[dict[str, Any]] = []
     models_info: dict[str, Any] = {}
     for mcfg in cfg.models:
         label = mcfg.label
@@ -119,7 +120,8 @@ def run(
             say(f"[mmrobust] {label}: best val {100 * res.best_val_accuracy:.1f}% at epoch "
                 f"{res.best_epoch} ({res.seconds:.1f}s)")
         if cell.exists():
-            rows = json.loads(cell.read_text())["rows"]
+            stored = json.loads(cell.read_text())
+            rows, flags = stored["rows"], stored.get("flags", [])
         else:
             conds = missing_conditions(model, cfg)
             result = evaluate(model, data.test, conds, batch_size=cfg.eval_batch_size, seed=cfg.seed,
@@ -129,8 +131,10 @@ def run(
                 {"model": label, "defense": "none", "seed": cfg.seed, "flags": "", **r}
                 for r in result.rows()
             ]
-            write_json(cell, {"model": label, "rows": rows})
+            flags = [{"model": label, **f} for f in result.flags]
+            write_json(cell, {"model": label, "rows": rows, "flags": flags})
         all_rows.extend(rows)
+        all_flags.extend(flags)
         models_info[label] = {
             "name": mcfg.name,
             "modalities": model.modalities,
@@ -150,7 +154,7 @@ def run(
         "wall_seconds": round(time.perf_counter() - t0, 2),
         "models": models_info,
         "headline": headline(all_rows),
-        "flags": [],
+        "flags": all_flags,
     }
     write_json(folder / "summary.json", summary)
     print(pivot_table(all_rows))

@@ -60,12 +60,21 @@ def create(name: str, spec: DatasetSpec, *, seed: int | None = 0, **kwargs: Any)
     factory = MODELS.get(name)
     if not isinstance(spec, DatasetSpec):
         raise InputError(f"spec must be a DatasetSpec (e.g. data.spec), got {type(spec).__name__}")
-    if seed is None:
-        model = factory(spec, **kwargs)
-    else:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+    try:
+        if seed is None:
             model = factory(spec, **kwargs)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                model = factory(spec, **kwargs)
+    except TypeError as e:
+        if "unexpected keyword argument" not in str(e):
+            raise
+        bad = str(e).split("unexpected keyword argument")[-1].strip()
+        raise InputError(
+            f"model {name!r} takes no hyper-parameter {bad}; it accepts embed_dim, modalities, fusion_kwargs, "
+            "encoder_kwargs (and modality for 'unimodal')"
+        ) from None
     model.config["name"] = name
     return model
 

@@ -59,6 +59,14 @@ def load_checkpoint(path: str | os.PathLike[str]) -> MultimodalModel:
     model = MultimodalModel(spec, **cfg)
     if name is not None:
         model.config["name"] = name
-    model.load_state_dict(payload["state_dict"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[1:3]) if len(first) > 1 else first[0] if first else ""
+        raise CacheError(
+            f"checkpoint {path} does not fit the model its config describes (saved by another mmrobust "
+            f"version?): {detail[:300]}"
+        ) from None
     model.checkpoint_meta = payload.get("meta", {})
     return model.eval()

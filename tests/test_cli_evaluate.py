@@ -1,0 +1,104 @@
+"""``mmrobust evaluate`` with attacks, corruptions and missing modalities; condition spec strings."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from mmrobust.attacks.parse import parse_condition, parse_spec, parse_value
+from mmrobust.cli import main
+from mmrobust.errors import InputError, UnknownNameError
+
+
+def test_parse_values_and_specs():
+    assert parse_value("3") == 3 and parse_value("0.5") == 0.5 and parse_value("1e-3") == 1e-3
+    assert parse_value("true") is True and parse_value("None") is None
+    assert parse_value("image+audio") == ["image", "audio"]
+    assert parse_value("image:0.1/audio:2") == {"image": 0.1, "audio": 2}
+    assert parse_spec("pgd:eps=0.1,steps=5") == ("pgd", {"eps": 0.1, "steps": 5})
+    atk = parse_condition("pgd:modalities=image+audio,eps=image:0.1/audio:0.05,steps=5")
+    assert atk.modalities == ["image", "audio"] and atk.eps == {"image": 0.1, "audio": 0.05}
+    # the id renders the same values back
+    assert "eps=image:0.1/audio:0.05" in atk.id
+
+
+@pytest.mark.parametrize(
+    "text, error, message",
+    [
+        ("pgd:eps=0.1,stpes=3", InputError, "Did you mean 'steps'"),
+        ("pgdd:eps=0.1", UnknownNameError, "Did you mean 'pgd'"),
+        ("pgd:eps", InputError, "write key=value"),
+        ("pgd:eps=-1", InputError, ">= 0"),
+        ("pgd:eps=0.1,eps=0.2", InputError, "given twice"),
+        ("", InputError, "empty condition spec"),
+    ],
+)
+def test_bad_spec_strings(text, error, message):
+    with pytest.raises(error, match=message):
+        parse_condition(text)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    import os
+
+    folder = tmp_path_factory.mktemp("cli")
+    old = os.environ.get("MMROBUST_CACHE")
+    os.environ["MMROBUST_CACHE"] = str(folder / "cache")
+    ckpt = folder / "late.pt"
+    assert main(["train", "--model", "late", "--size", "tiny", "--epochs", "2", "--out", str(ckpt), "--quiet"]) == 0
+    yield ckpt
+    if old is None:
+        os.environ.pop("MMROBUST_CACHE", None)
+    else:
+        os.environ["MMROBUST_CACHE"] = old
+
+
+def test_evaluate_attacks_corruptions_missing(checkpoint, tmp_path, capsys):
+    out = tmp_path / "eval"
+    code = main([
+        "evaluate", str(checkpoint), "--quiet", "--out", str(out),
+        "--attack", "pgd:modalities=audio,steps=3", "--attack", "fgsm:modalities=each,token_surface=embedding",
+        "--eps", "0.02,0.1", "--corruptions", "image", "--severities", "1,5", "--missing", "text",
+        "--fills", "zeros",
+    ])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "pgd[audio|eps=0.02,steps=3]" in text  # short labels in the table
+    with (out / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    conds = [r["condition"] for r in rows]
+    assert conds[0] == "clean"
+    assert sum(c.startswith("pgd[audio|") for c in conds) == 2  # the eps grid
+    assert sum(c.startswith("fgsm[each|") for c in conds) == 2
+    assert sum(c.startswith("corruption[image|") for c in conds) == 12  # 6 kinds x 2 severities
+    assert sum(c.startswith("missing[text|") for c in conds) == 1
+    assert {"label", "flags", "attack_success_rate"} <= set(rows[0])
+    for r in rows:
+        assert 0.0 <= float(r["accuracy"]) <= 1.0
+    summary = json.loads((out / "summary.json").read_text())
+    assert "flags" in summary and "provenance" in summary
+    import numpy as np
+
+    samples = np.load(out / "samples.npz")
+    assert any(k.startswith("info__fgsm[each") and k.endswith("success__audio") for k in samples.files)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--attack", "pgd:modalities=audo,eps=0.1"], "unknown modality 'audo'"),
+        (["--attack", "pgd:eps=0.1,stpes=3"], "Did you mean 'steps'"),
+        (["--attack", "pgd:modalities=text,eps=0.1"], "token ids"),
+        (["--attack", "fgsm:modalities=audio,eps=1,norm=l0"], "unsupported norm"),
+        (["--corruptions", "smell"], "unknown modality 'smell'"),
+        (["--corruptions", "image", "--severities", "9"], "severity"),
+        (["--attack", "pgd:modalities=audio", "--eps", "big"], "must be a number"),
+    ],
+)
+def test_evaluate_bad_input_is_one_line(checkpoint, capsys, args, message):
+    assert main(["evaluate", str(checkpoint), "--quiet", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1
