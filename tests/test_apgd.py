@@ -13,43 +13,13 @@ import pytest
 import torch
 
 import mmrobust as mr
-from conftest import make_toy_bundle
-from mmrobust.attacks import EvalContext
+from conftest import ctx
 from mmrobust.attacks.apgd import checkpoints, halving
 from mmrobust.attacks.gradient import LOSSES, Objective, attack_mode
 from mmrobust.attacks.threat import sample_norms
 
 TOL = 1e-6
 IMAGE_AUDIO = {"modalities": ["image", "audio"], "norm": "linf", "eps": 0.2}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def data():
-    return make_toy_bundle()
-
-
-@pytest.fixture(scope="module")
-def model(data):
-    m = mr.models.create("late", data.spec)
-    mr.train(m, data, epochs=4, quiet=True)
-    return m.eval()
-
-
-@pytest.fixture(scope="module")
-def batch(data):
-    return data.test.batch(torch.arange(len(data.test)))
-
-
-def ctx(data, seed=0):
-    return EvalContext(stats=data.train.stats, generator=torch.Generator().manual_seed(seed))
 
 
 def one_run(atk, model, x, y, start=None):
@@ -96,12 +66,12 @@ def test_halving_conditions():
 
 # ------------------------------------------------------------------------------------ halving
 @pytest.mark.parametrize("rho", [0.75, 0.0])
-def test_flat_loss_halves_as_the_paper_says(rho, model, data, batch):
+def test_flat_loss_halves_as_the_paper_says(rho, toy_late, toy_data, toy_batch):
     # eps = 0: the loss never moves. rho = 0.75: condition 1 at every checkpoint; rho = 0: only
     # condition 2, which needs "not halved at the previous checkpoint", so every other checkpoint.
-    x, y = batch
+    x, y = toy_batch
     atk = mr.attacks.create("apgd", **{**IMAGE_AUDIO, "eps": 0.0}, steps=20, rho=rho, random_start=False)
-    _, run = one_run(atk, model, x, y)
+    _, run = one_run(atk, toy_late, x, y)
     assert run.checkpoints == (5, 9, 12, 14, 16, 18, 19)
     expected = [True] * 7 if rho else [True, False, True, False, True, False, True]
     assert torch.equal(run.halved, torch.tensor(expected)[:, None].expand(7, y.shape[0]))
@@ -134,10 +104,10 @@ def _reference_halving(losses, marks, rho):
     [IMAGE_AUDIO, {"modalities": ["image", "audio"], "norm": "l2", "eps": 1.0, "budget": "joint"}],
     ids=["linf", "joint-l2"],
 )
-def test_halving_trace_matches_a_per_sample_replay(threat, model, data, batch):
-    x, y = batch
+def test_halving_trace_matches_a_per_sample_replay(threat, toy_late, toy_data, toy_batch):
+    x, y = toy_batch
     atk = mr.attacks.create("apgd", **threat, steps=30, random_start=False, loss="cw")
-    obj, run = one_run(atk, model, x, y)
+    obj, run = one_run(atk, toy_late, x, y)
     assert run.losses.shape == (31, y.shape[0])  # some samples resist: no early end
     assert run.checkpoints == tuple(w for w in checkpoints(30) if 0 < w < 30)
     assert bool(run.halved.any()) and not bool(run.halved.all())  # halving happens, per sample
@@ -153,11 +123,11 @@ def test_halving_trace_matches_a_per_sample_replay(threat, model, data, batch):
 
 # ------------------------------------------------------------------------------------ strength
 @pytest.mark.parametrize("loss", ["ce", "cw"])
-def test_at_least_as_strong_as_pgd(loss, model, data, batch):
-    x, y = batch
+def test_at_least_as_strong_as_pgd(loss, toy_late, toy_data, toy_batch):
+    x, y = toy_batch
     kw = {"steps": 20, "random_start": False, "loss": loss}
-    apgd = mr.attacks.create("apgd", **IMAGE_AUDIO, **kw).apply(model, x, y, ctx(data))
-    pgd = mr.attacks.create("pgd", **IMAGE_AUDIO, **kw).apply(model, x, y, ctx(data))
+    apgd = mr.attacks.create("apgd", **IMAGE_AUDIO, **kw).apply(toy_late, x, y, ctx(toy_data))
+    pgd = mr.attacks.create("pgd", **IMAGE_AUDIO, **kw).apply(toy_late, x, y, ctx(toy_data))
     assert int(apgd.info["success"].sum()) >= int(pgd.info["success"].sum())
     both = ~apgd.info["success"] & ~pgd.info["success"]
     assert bool(both.any())
@@ -166,22 +136,22 @@ def test_at_least_as_strong_as_pgd(loss, model, data, batch):
         assert float(sample_norms(apgd.x[m] - x[m], "linf").max()) <= 0.2 + TOL
 
 
-def test_deterministic_given_the_generator(model, data, batch):
-    x, y = batch
+def test_deterministic_given_the_generator(toy_late, toy_data, toy_batch):
+    x, y = toy_batch
     atk = mr.attacks.create("apgd", **IMAGE_AUDIO, steps=5, restarts=2)
-    a = atk.apply(model, x, y, ctx(data, 7))
-    b = atk.apply(model, x, y, ctx(data, 7))
-    c = atk.apply(model, x, y, ctx(data, 8))
+    a = atk.apply(toy_late, x, y, ctx(toy_data, 7))
+    b = atk.apply(toy_late, x, y, ctx(toy_data, 7))
+    c = atk.apply(toy_late, x, y, ctx(toy_data, 8))
     for m in IMAGE_AUDIO["modalities"]:
         assert torch.equal(a.x[m], b.x[m])
         assert not torch.equal(a.x[m], c.x[m])  # the random start follows the generator
     assert all(torch.equal(a.info[k], b.info[k]) for k in a.info)
 
 
-def test_restarts_keep_first_success(model, data, batch):
-    x, y = batch
-    one = mr.attacks.create("apgd", **IMAGE_AUDIO, steps=5).apply(model, x, y, ctx(data, 3))
-    three = mr.attacks.create("apgd", **IMAGE_AUDIO, steps=5, restarts=3).apply(model, x, y, ctx(data, 3))
+def test_restarts_keep_first_success(toy_late, toy_data, toy_batch):
+    x, y = toy_batch
+    one = mr.attacks.create("apgd", **IMAGE_AUDIO, steps=5).apply(toy_late, x, y, ctx(toy_data, 3))
+    three = mr.attacks.create("apgd", **IMAGE_AUDIO, steps=5, restarts=3).apply(toy_late, x, y, ctx(toy_data, 3))
     s1, s3 = one.info["success"], three.info["success"]
     assert bool((s3 | ~s1).all())
     for m in IMAGE_AUDIO["modalities"]:
@@ -189,36 +159,36 @@ def test_restarts_keep_first_success(model, data, batch):
     assert bool((three.info["loss"][~s3] >= one.info["loss"][~s3]).all())
 
 
-def test_text_through_embeddings(model, data, batch):
-    x, y = batch
+def test_text_through_embeddings(toy_late, toy_data, toy_batch):
+    x, y = toy_batch
     atk = mr.attacks.create("apgd", modalities="text", norm="l2", eps=1.0, steps=10, token_surface="embedding")
-    out = atk.apply(model, x, y, ctx(data))
+    out = atk.apply(toy_late, x, y, ctx(toy_data))
     with torch.no_grad():
-        clean = model.embed("text", x["text"])
-        wrong = model(out.x, embeddings=out.embeddings).argmax(1) != y
-    pad = x["text"] == model.spec["text"].pad_id
+        clean = toy_late.embed("text", x["text"])
+        wrong = toy_late(out.x, embeddings=out.embeddings).argmax(1) != y
+    pad = x["text"] == toy_late.spec["text"].pad_id
     assert torch.equal(out.embeddings["text"][pad], clean[pad])
     assert float(out.info["norm/text"].max()) <= 1.0 + TOL
     assert torch.equal(out.info["success"], wrong) and bool(wrong.any())
 
 
-def test_similar_robust_accuracy_to_torchattacks(model, data, batch):
+def test_similar_robust_accuracy_to_torchattacks(toy_late, toy_data, toy_batch):
     torchattacks = pytest.importorskip("torchattacks")
     from test_attacks import OneModalityView
 
-    x, y = batch
+    x, y = toy_batch
     with torch.no_grad():
-        correct = model(x).argmax(1) == y
+        correct = toy_late(x).argmax(1) == y
     # torchattacks' APGD attacks only the samples it sees correctly classified, re-indexing the
     # batch: give it a view of the clean-correct samples so the other modalities stay aligned.
     xc, yc = {k: v[correct] for k, v in x.items()}, y[correct]
-    view = OneModalityView(model, xc, "image")
+    view = OneModalityView(toy_late, xc, "image")
     with torch.random.fork_rng():  # it seeds the global generator
         adv = torchattacks.APGD(view, norm="Linf", eps=0.3, steps=20, seed=0)(xc["image"], yc)
     with torch.no_grad():
         ref_acc = float((view(adv).argmax(1) == yc).sum()) / len(y)
     atk = mr.attacks.create("apgd", modalities="image", norm="linf", eps=0.3, steps=20)
-    ours = 1.0 - float(atk.apply(model, x, y, ctx(data)).info["success"].float().mean())
+    ours = 1.0 - float(atk.apply(toy_late, x, y, ctx(toy_data)).info["success"].float().mean())
     assert ref_acc < float(correct.float().mean()) - 0.3  # the reference attack does something
     assert abs(ours - ref_acc) <= 0.06, (ours, ref_acc)  # random starts differ: close, not equal
 

@@ -7,6 +7,7 @@ with ``evaluate``) before anyone writes a dedicated test for it.
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import replace
 
@@ -16,8 +17,8 @@ import torch
 from torch import nn
 
 import mmrobust as mr
-from conftest import make_toy_bundle
-from mmrobust.attacks import ATTACKS, EvalContext, GradientAttack, ThreatModel
+from conftest import ctx
+from mmrobust.attacks import ATTACKS, GradientAttack, ThreatModel
 from mmrobust.attacks.gradient import cw_loss, dlr_loss
 from mmrobust.attacks.threat import project_ball, sample_norms
 from mmrobust.spec import DatasetSpec, ModalitySpec
@@ -31,39 +32,15 @@ THREATS = {
     "image+audio-joint": {"modalities": ["image", "audio"], "norm": "l2", "budget": "joint", "eps": 1.0},
 }
 TOL = 1e-6
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models on 2 shared cores: intra-op threading only adds contention (10x slower).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def data():
-    return make_toy_bundle()
-
-
-@pytest.fixture(scope="module")
-def model(data):
-    m = mr.models.create("late", data.spec)
-    mr.train(m, data, epochs=4, quiet=True)
-    return m.eval()
-
-
-@pytest.fixture(scope="module")
-def batch(data):
-    return data.test.batch(torch.arange(len(data.test)))
-
-
-def ctx(data, seed=0):
-    return EvalContext(stats=data.train.stats, generator=torch.Generator().manual_seed(seed))
+#: The registry walks check invariants that hold at any iteration budget; attacks whose default
+#: budget is larger (APGD's 100 steps) run with this many steps there.
+MAX_STEPS = 10
 
 
 def make(name, threat, **kw):
+    steps = inspect.signature(ATTACKS.get(name).__init__).parameters.get("steps")
+    if steps is not None and isinstance(steps.default, int) and steps.default > MAX_STEPS:
+        kw.setdefault("steps", MAX_STEPS)
     return mr.attacks.create(name, **threat, **kw)
 
 
@@ -91,12 +68,12 @@ def test_registry_lists_gradient_attacks():
 
 @pytest.mark.parametrize("threat", THREATS.values(), ids=THREATS.keys())
 @pytest.mark.parametrize("name", GRADIENT_ATTACKS)
-def test_budget_range_and_untouched(name, threat, model, data, batch):
-    x, y = batch
-    out = make(name, threat).apply(model, x, y, ctx(data))
+def test_budget_range_and_untouched(name, threat, toy_late, toy_data, toy_batch):
+    x, y = toy_batch
+    out = make(name, threat).apply(toy_late, x, y, ctx(toy_data))
     mods = attacked(threat)
     n = y.shape[0]
-    for m in model.modalities:
+    for m in toy_late.modalities:
         if m in mods:
             a = out.x[m]
             assert a.shape == x[m].shape and a.dtype == x[m].dtype and not a.requires_grad
@@ -117,82 +94,82 @@ def test_budget_range_and_untouched(name, threat, model, data, batch):
     assert all(v.shape == (n,) for v in out.info.values())
     assert out.drop == () and out.embeddings == {}
     with torch.no_grad():
-        wrong = model(out.x).argmax(1) != y
-        clean_wrong = model(x).argmax(1) != y
+        wrong = toy_late(out.x).argmax(1) != y
+        clean_wrong = toy_late(x).argmax(1) != y
     assert torch.equal(out.info["success"], wrong)
     assert int(wrong.sum()) > int(clean_wrong.sum())  # the attack flips some correct samples
 
 
 @pytest.mark.parametrize("threat", THREATS.values(), ids=THREATS.keys())
 @pytest.mark.parametrize("name", GRADIENT_ATTACKS)
-def test_eps_zero_gives_the_clean_batch(name, threat, model, data, batch):
-    x, y = batch
-    out = make(name, zero_eps(threat)).apply(model, x, y, ctx(data))
-    for m in model.modalities:
+def test_eps_zero_gives_the_clean_batch(name, threat, toy_late, toy_data, toy_batch):
+    x, y = toy_batch
+    out = make(name, zero_eps(threat)).apply(toy_late, x, y, ctx(toy_data))
+    for m in toy_late.modalities:
         assert torch.equal(out.x[m], x[m])
     with torch.no_grad():
-        clean_wrong = model(x).argmax(1) != y
+        clean_wrong = toy_late(x).argmax(1) != y
     assert torch.equal(out.info["success"], clean_wrong)
     assert all(float(v.max()) == 0.0 for k, v in out.info.items() if k.startswith("norm/"))
 
 
 @pytest.mark.parametrize("name", GRADIENT_ATTACKS)
-def test_evaluate_robust_accuracy_at_most_clean(name, model, data, batch):
+def test_evaluate_robust_accuracy_at_most_clean(name, toy_late, toy_data, toy_batch):
     atk = make(name, THREATS["image+audio-l2"])
-    res = mr.evaluate(model, data.test, [atk])
+    res = mr.evaluate(toy_late, toy_data.test, [atk])
     assert res.accuracy(atk.id) <= res.accuracy("clean")
     assert res.accuracy(atk.id) < res.accuracy("clean")  # it finds adversarial examples
     # evaluate() seeds the only batch (first index 0) with seed 0: same adversarial batch as here.
-    x, y = batch
-    out = atk.apply(model, x, y, ctx(data, 0))
+    x, y = toy_batch
+    out = atk.apply(toy_late, x, y, ctx(toy_data, 0))
     assert np.array_equal(~res.correct(atk.id), out.info["success"].numpy())
 
 
 @pytest.mark.parametrize("name", GRADIENT_ATTACKS)
-def test_mode_and_parameters_restored(name, model, data, batch):
-    x, y = batch
+def test_mode_and_parameters_restored(name, toy_late, toy_data, toy_batch):
+    x, y = toy_batch
     seen = []
-    hook = model.encoders["audio"].register_forward_pre_hook(lambda mod, _: seen.append(mod.training))
-    model.train()
+    hook = toy_late.encoders["audio"].register_forward_pre_hook(lambda mod, _: seen.append(mod.training))
+    toy_late.train()
     try:
-        make(name, THREATS["audio-linf"]).apply(model, x, y, ctx(data))
+        make(name, THREATS["audio-linf"]).apply(toy_late, x, y, ctx(toy_data))
     finally:
         hook.remove()
-        was = [m.training for m in model.modules()]
-        flags = [p.requires_grad for p in model.parameters()]
-        model.eval()
+        was = [m.training for m in toy_late.modules()]
+        flags = [p.requires_grad for p in toy_late.parameters()]
+        toy_late.eval()
     assert seen and not any(seen)  # attacked in eval mode
     assert all(was) and all(flags)  # train mode and trainable parameters restored
 
 
 # ------------------------------------------------------------------------------- attack-specific
-def test_pgd_beats_fgsm(model, data):
+def test_pgd_beats_fgsm(toy_late, toy_data):
     threat = {"modalities": ["image", "audio"], "norm": "linf", "eps": 0.2}
     fgsm, pgd = make("fgsm", threat), make("pgd", threat)
-    res = mr.evaluate(model, data.test, [fgsm, pgd])
+    res = mr.evaluate(toy_late, toy_data.test, [fgsm, pgd])
     assert res.accuracy(pgd.id) <= res.accuracy(fgsm.id) < res.accuracy("clean")
 
 
-def test_only_attacked_modalities_are_reencoded(model, data, batch):
-    x, y = batch
-    calls = dict.fromkeys(model.modalities, 0)
+def test_only_attacked_modalities_are_reencoded(toy_late, toy_data, toy_batch):
+    x, y = toy_batch
+    calls = dict.fromkeys(toy_late.modalities, 0)
     hooks = [
-        model.encoders[m].register_forward_hook(lambda *_, m=m: calls.__setitem__(m, calls[m] + 1))
-        for m in model.modalities
+        toy_late.encoders[m].register_forward_hook(lambda *_, m=m: calls.__setitem__(m, calls[m] + 1))
+        for m in toy_late.modalities
     ]
     try:
-        make("pgd", THREATS["audio-linf"], steps=5).apply(model, x, y, ctx(data))
+        make("pgd", THREATS["audio-linf"], steps=5).apply(toy_late, x, y, ctx(toy_data))
     finally:
         for h in hooks:
             h.remove()
     assert calls == {"image": 1, "text": 1, "audio": 5 + 1}  # clean once; attacked: steps + final score
 
 
-def test_pgd_restarts_keep_first_success(model, data, batch):
-    x, y = batch
+def test_pgd_restarts_keep_first_success(toy_late, toy_data, toy_batch):
+    x, y = toy_batch
     threat = THREATS["image+audio-joint"]
-    one = make("pgd", threat, steps=5).apply(model, x, y, ctx(data, 3))
-    three = make("pgd", threat, steps=5, restarts=3).apply(model, x, y, ctx(data, 3))
+    one = make("pgd", threat, steps=5).apply(toy_late, x, y, ctx(toy_data, 3))
+    three = make("pgd", threat, steps=5, restarts=3).apply(toy_late, x, y, ctx(toy_data, 3))
     s1, s3 = one.info["success"], three.info["success"]
     assert bool((s3 | ~s1).all())  # never loses a success of the first run
     for m in attacked(threat):
@@ -201,22 +178,22 @@ def test_pgd_restarts_keep_first_success(model, data, batch):
     assert float(three.info["norm/joint"].max()) <= threat["eps"] + TOL
 
 
-def test_pgd_early_stop(model, data, batch):
-    x, y = batch
+def test_pgd_early_stop(toy_late, toy_data, toy_batch):
+    x, y = toy_batch
     threat = {"modalities": ["image", "audio"], "norm": "linf", "eps": 0.2}
-    plain = make("pgd", threat, random_start=False).apply(model, x, y, ctx(data))
-    early = make("pgd", threat, random_start=False, early_stop=True).apply(model, x, y, ctx(data))
+    plain = make("pgd", threat, random_start=False).apply(toy_late, x, y, ctx(toy_data))
+    early = make("pgd", threat, random_start=False, early_stop=True).apply(toy_late, x, y, ctx(toy_data))
     assert bool((early.info["success"] | ~plain.info["success"]).all())
     with torch.no_grad():
-        clean_wrong = model(x).argmax(1) != y
+        clean_wrong = toy_late(x).argmax(1) != y
     for m in attacked(threat):  # misclassified from the start: frozen at the clean input
         assert torch.equal(early.x[m][clean_wrong], x[m][clean_wrong])
 
 
 @pytest.mark.parametrize("loss", ["cw", "dlr"])
-def test_pgd_margin_losses(loss, model, data, batch):
-    x, y = batch
-    out = make("pgd", THREATS["audio-linf"], loss=loss).apply(model, x, y, ctx(data))
+def test_pgd_margin_losses(loss, toy_late, toy_data, toy_batch):
+    x, y = toy_batch
+    out = make("pgd", THREATS["audio-linf"], loss=loss).apply(toy_late, x, y, ctx(toy_data))
     assert float(out.info["norm/audio"].max()) <= 0.1 + TOL
     assert torch.equal(out.info["loss"] > 0, out.info["success"])  # both margins > 0 iff misclassified
 
@@ -277,29 +254,29 @@ def test_projection_helpers():
 
 
 # --------------------------------------------------------------------------------- token surface
-def test_text_through_embeddings(model, data, batch):
-    x, y = batch
+def test_text_through_embeddings(toy_late, toy_data, toy_batch):
+    x, y = toy_batch
     atk = mr.attacks.create("pgd", modalities="text", norm="l2", eps=1.0, token_surface="embedding")
-    out = atk.apply(model, x, y, ctx(data))
+    out = atk.apply(toy_late, x, y, ctx(toy_data))
     assert out.x["text"] is x["text"] and out.x["image"] is x["image"] and out.x["audio"] is x["audio"]
     emb = out.embeddings["text"]
     with torch.no_grad():
-        clean = model.embed("text", x["text"])
+        clean = toy_late.embed("text", x["text"])
     assert emb.shape == clean.shape
     assert float(out.info["norm/text"].max()) <= 1.0 + TOL
-    pad = x["text"] == model.spec["text"].pad_id
+    pad = x["text"] == toy_late.spec["text"].pad_id
     assert torch.equal(emb[pad], clean[pad])  # padding is not perturbable
     with torch.no_grad():
-        wrong = model(out.x, embeddings=out.embeddings).argmax(1) != y
-        assert torch.equal(model(x, embeddings={}), model(x))
+        wrong = toy_late(out.x, embeddings=out.embeddings).argmax(1) != y
+        assert torch.equal(toy_late(x, embeddings={}), toy_late(x))
     assert torch.equal(out.info["success"], wrong) and bool(wrong.any())
     zero = mr.attacks.create("fgsm", modalities="text", norm="linf", eps=0.0, token_surface="embedding")
-    out0 = zero.apply(model, x, y, ctx(data))
+    out0 = zero.apply(toy_late, x, y, ctx(toy_data))
     assert torch.equal(out0.embeddings["text"], clean)
     with torch.no_grad():
-        assert torch.equal(model(out0.x, embeddings=out0.embeddings), model(x))
+        assert torch.equal(toy_late(out0.x, embeddings=out0.embeddings), toy_late(x))
     # evaluate() scores the adversarial embeddings, never the clean tokens
-    res = mr.evaluate(model, data.test, [atk])
+    res = mr.evaluate(toy_late, toy_data.test, [atk])
     assert res.accuracy(atk.id) < res.accuracy("clean")
 
 
@@ -341,28 +318,28 @@ def test_bad_pgd_schedule():
 
 
 @pytest.mark.parametrize("name", GRADIENT_ATTACKS)
-def test_errors_against_the_model(name, model, data, batch):
-    x, y = batch
+def test_errors_against_the_model(name, toy_late, toy_data, toy_batch):
+    x, y = toy_batch
     with pytest.raises(mr.InputError, match=r"unknown modality 'video'; the model has \['image', 'audio', 'text'\]"):
-        mr.evaluate(model, data.test, [mr.attacks.create(name, modalities="video", eps=0.1)])
+        mr.evaluate(toy_late, toy_data.test, [mr.attacks.create(name, modalities="video", eps=0.1)])
     for mods in ("text", "all"):  # token ids are not perturbable without the embedding surface
         atk = mr.attacks.create(name, modalities=mods, eps=0.1)
         with pytest.raises(mr.InputError, match=r"'text' holds token ids.*token_surface='embedding'"):
-            atk.apply(model, x, y, ctx(data))
+            atk.apply(toy_late, x, y, ctx(toy_data))
     atk = mr.attacks.create(name, modalities="all", eps={"image": 0.1, "audio": 0.1})
     with pytest.raises(mr.InputError, match="no radius for attacked modality 'text'"):
-        atk.check(model)
+        atk.check(toy_late)
     atk = mr.attacks.create(name, modalities="audio", eps=0.1)
     with pytest.raises(mr.InputError, match="labels must lie in"):
-        atk.apply(model, x, y + 10, ctx(data))
+        atk.apply(toy_late, x, y + 10, ctx(toy_data))
     with pytest.raises(mr.InputError, match="outside the valid range"):
-        atk.apply(model, {**x, "audio": x["audio"] + 2}, y, ctx(data))
+        atk.apply(toy_late, {**x, "audio": x["audio"] + 2}, y, ctx(toy_data))
     with pytest.raises(mr.InputError, match="batch is missing modality 'image'"):
-        atk.apply(model, {k: v for k, v in x.items() if k != "image"}, y, ctx(data))
+        atk.apply(toy_late, {k: v for k, v in x.items() if k != "image"}, y, ctx(toy_data))
 
 
 @pytest.mark.parametrize("name", GRADIENT_ATTACKS)
-def test_dlr_needs_three_classes(name, data, batch):
+def test_dlr_needs_three_classes(name, toy_data, toy_batch):
     spec2 = DatasetSpec(
         modalities=(ModalitySpec("image", "image", (1, 8, 8), low=0.0, high=1.0),),
         num_classes=2,
@@ -371,24 +348,24 @@ def test_dlr_needs_three_classes(name, data, batch):
     atk = mr.attacks.create(name, modalities="image", eps=0.1, loss="dlr")
     with pytest.raises(mr.InputError, match=r"dlr loss needs at least 3 classes.*has 2"):
         atk.check(model2)
-    x, y = batch
+    x, y = toy_batch
     with pytest.raises(mr.InputError, match="dlr loss needs at least 3 classes"):
-        atk.apply(model2, {"image": x["image"]}, y % 2, ctx(data))
+        atk.apply(model2, {"image": x["image"]}, y % 2, ctx(toy_data))
 
 
-def test_threat_model_standalone(model):
+def test_threat_model_standalone(toy_late):
     tm = ThreatModel(["audio", "image"], eps={"audio": 0.2, "image": 0.1}, norm="l2")
-    r = tm.resolve(model)
+    r = tm.resolve(toy_late)
     assert r.modalities == ("image", "audio")  # the model's order
     assert r.eps == {"image": 0.1, "audio": 0.2} and r.low["audio"] == 0.0 and r.high["audio"] == 1.0
     each = ThreatModel("each", eps=0.1, token_surface="embedding")
-    assert each.each and each.expand(model) == ["image", "audio", "text"]
-    assert each.single("audio").resolve(model).modalities == ("audio",)
+    assert each.each and each.expand(toy_late) == ["image", "audio", "text"]
+    assert each.single("audio").resolve(toy_late).modalities == ("audio",)
     with pytest.raises(mr.InputError, match="one single-source threat per modality"):
-        each.resolve(model)
+        each.resolve(toy_late)
     with pytest.raises(mr.InputError, match="one eps"):
         ThreatModel(["audio", "image"], eps={"audio": 0.1, "image": 0.1}, norm="l2", budget="joint")
-    r = ThreatModel("all", eps=0.1, token_surface="embedding").resolve(model)
+    r = ThreatModel("all", eps=0.1, token_surface="embedding").resolve(toy_late)
     assert r.surface == {"image": "input", "audio": "input", "text": "embedding"} and r.low["text"] is None
 
 
@@ -408,20 +385,20 @@ class OneModalityView(nn.Module):
 
 @pytest.mark.parametrize("low_high", [(0.0, 1.0), (-0.3, 1.7)], ids=["unit", "affine"])
 @pytest.mark.parametrize("variant", ["pgd-linf", "pgd-l2", "fgsm"])
-def test_same_adversarial_examples_as_torchattacks(variant, low_high, model, data, batch):
+def test_same_adversarial_examples_as_torchattacks(variant, low_high, toy_late, toy_data, toy_batch):
     torchattacks = pytest.importorskip("torchattacks")
-    x, y = batch
+    x, y = toy_batch
     low, high = low_high
     width = high - low
     if low_high != (0.0, 1.0):  # the same network reading audio in other units
         spec = replace(
-            model.spec,
-            modalities=tuple(replace(s, low=low, high=high) if s.name == "audio" else s for s in model.spec),
+            toy_late.spec,
+            modalities=tuple(replace(s, low=low, high=high) if s.name == "audio" else s for s in toy_late.spec),
         )
         rescaled = mr.models.create("late", spec)
-        rescaled.load_state_dict(model.state_dict())
-        model, x = rescaled.eval(), {**x, "audio": low + width * x["audio"]}
-    view = OneModalityView(model, x, "audio")
+        rescaled.load_state_dict(toy_late.state_dict())
+        toy_late, x = rescaled.eval(), {**x, "audio": low + width * x["audio"]}
+    view = OneModalityView(toy_late, x, "audio")
     u = (x["audio"] - low) / width
     if variant == "pgd-linf":
         ref = torchattacks.PGD(view, eps=0.1, alpha=0.02, steps=10, random_start=False)
@@ -437,7 +414,7 @@ def test_same_adversarial_examples_as_torchattacks(variant, low_high, model, dat
         ref = torchattacks.FGSM(view, eps=0.1)
         ours = mr.attacks.create("fgsm", modalities="audio", eps=0.1 * width)
     expected = ref(u, y)
-    out = ours.apply(model, x, y, ctx(data))
+    out = ours.apply(toy_late, x, y, ctx(toy_data))
     got = (out.x["audio"] - low) / width
     assert float((expected - u).abs().max()) > 0.05  # the attack moved the input
     torch.testing.assert_close(got, expected, rtol=0, atol=TOL)

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from conftest import copy_of
 from mmrobust.attacks.parse import parse_condition, parse_spec, parse_value
 from mmrobust.cli import main
 from mmrobust.errors import InputError, UnknownNameError
@@ -41,12 +42,12 @@ def test_bad_spec_strings(text, error, message):
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
+def checkpoint(tmp_path_factory, mmdigits_tiny_cache):
     import os
 
     folder = tmp_path_factory.mktemp("cli")
     old = os.environ.get("MMROBUST_CACHE")
-    os.environ["MMROBUST_CACHE"] = str(folder / "cache")
+    os.environ["MMROBUST_CACHE"] = str(copy_of(mmdigits_tiny_cache, tmp_path_factory, "cli-cache"))
     ckpt = folder / "late.pt"
     assert main(["train", "--model", "late", "--size", "tiny", "--epochs", "2", "--out", str(ckpt), "--quiet"]) == 0
     yield ckpt

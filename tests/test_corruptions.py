@@ -15,7 +15,6 @@ import pytest
 import torch
 
 import mmrobust as mr
-from conftest import make_toy_bundle
 from mmrobust.attacks import EvalContext
 from mmrobust.attacks.corruptions import CORRUPTIONS, SEVERITIES, Corruption, all_kinds, corruption_grid, kinds_for
 from mmrobust.attacks.corruptions.audio import TOP_DB
@@ -30,14 +29,6 @@ PER_SAMPLE_MONOTONE = {
     "noise", "gain", "time_mask", "freq_mask", "background",
     "char_swap", "token_dropout", "token_replace",
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def wave_spec() -> DatasetSpec:
@@ -60,20 +51,15 @@ def wave_batch(n: int = 32, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def data():
-    return make_toy_bundle()
-
-
-@pytest.fixture(scope="module")
-def models(data):
+def models(toy_data):
     """Untrained models: corruptions only read ``model.spec`` (training is needed for evaluate only)."""
     torch.manual_seed(0)
-    return {"toy": mr.models.create("late", data.spec).eval(), "wave": mr.models.create("late", wave_spec()).eval()}
+    return {"toy": mr.models.create("late", toy_data.spec).eval(), "wave": mr.models.create("late", wave_spec()).eval()}
 
 
 @pytest.fixture(scope="module")
-def batches(data):
-    return {"toy": data.test.batch(torch.arange(len(data.test)))[0], "wave": wave_batch()}
+def batches(toy_data):
+    return {"toy": toy_data.test.batch(torch.arange(len(toy_data.test)))[0], "wave": wave_batch()}
 
 
 CASES = [("toy", m, k) for m, k in ((m, k) for m in ("image", "audio", "text") for k in all_kinds(m))] + [
@@ -108,8 +94,8 @@ def test_registered_condition_and_stable_id():
     )
 
 
-def test_kinds_for_and_grid(data):
-    spec = data.spec
+def test_kinds_for_and_grid(toy_data):
+    spec = toy_data.spec
     assert kinds_for(spec["image"]) == ["gaussian_noise", "blur", "occlusion", "contrast", "brightness", "salt_pepper"]
     assert kinds_for(spec["audio"]) == ["noise", "time_shift", "gain", "time_mask", "freq_mask", "background"]
     assert kinds_for(spec["text"]) == ["char_swap", "char_delete", "token_dropout", "token_replace"]
@@ -354,18 +340,19 @@ def test_unknown_kind_suggests():
         mr.attacks.create("corruption", modalities="image", kind="blur")  # severity is required
 
 
-def test_kind_modality_mismatch(data, models):
+def test_kind_modality_mismatch(toy_data, models):
     model = models["toy"]
     with pytest.raises(mr.InputError, match=r"'blur' is an image corruption and 'audio' is an audio modality.*"
                        r"kinds for audio modality 'audio': noise, time_shift, gain"):
-        mr.evaluate(model, data.test, [mr.attacks.create("corruption", modalities="audio", kind="blur", severity=1)])
+        mr.evaluate(model, toy_data.test,
+                    [mr.attacks.create("corruption", modalities="audio", kind="blur", severity=1)])
     with pytest.raises(mr.InputError, match="Did you mean 'gaussian_noise'"):
         mr.attacks.create("corruption", modalities="image", kind="noise", severity=1).check(model)
     with pytest.raises(mr.InputError, match="Did you mean 'noise'"):
         mr.attacks.create("corruption", modalities="audio", kind="gaussian_noise", severity=1).check(model)
     with pytest.raises(mr.InputError, match="kinds for text modality 'text': char_swap"):
         mr.attacks.create("corruption", modalities=["text"], kind="gain", severity=1).apply(
-            model, batches_of(data), torch.zeros(2, dtype=torch.long), ctx())
+            model, batches_of(toy_data), torch.zeros(2, dtype=torch.long), ctx())
     with pytest.raises(mr.InputError, match="unknown modality 'video'"):
         mr.attacks.create("corruption", modalities="video", kind="blur", severity=1).check(model)
     feat = mr.models.create("late", DatasetSpec((ModalitySpec("f", "features", (5,)),
@@ -379,12 +366,10 @@ def batches_of(data):
 
 
 # ------------------------------------------------------------------------------ evaluate
-def test_evaluate_severity_5_hurts_on_average(data):
-    model = mr.models.create("late", data.spec)
-    mr.train(model, data, epochs=4, quiet=True)
+def test_evaluate_severity_5_hurts_on_average(toy_data, toy_late):
     conds = [mr.attacks.create("corruption", modalities=m, kind=k, severity=5)
-             for m, k, _ in corruption_grid(data.spec, severities=(5,))]
-    res = mr.evaluate(model, data.test, conds, seed=1)
+             for m, k, _ in corruption_grid(toy_data.spec, severities=(5,))]
+    res = mr.evaluate(toy_late, toy_data.test, conds, seed=1)
     clean = res.accuracy("clean")
     accs = [res.accuracy(c.id) for c in conds]
     assert np.mean(accs) <= clean
@@ -393,7 +378,7 @@ def test_evaluate_severity_5_hurts_on_average(data):
     assert [r["kind"] for r in rows] == [c.kind for c in conds] and {r["severity"] for r in rows} == {5}
     for c in conds:
         assert res.samples[f"info/{c.id}/change/{c.modalities[0]}"].shape == (res.n,)
-    again = mr.evaluate(model, data.test, conds[:3], seed=1)
+    again = mr.evaluate(toy_late, toy_data.test, conds[:3], seed=1)
     for c in conds[:3]:
         assert np.array_equal(again.samples[f"pred/{c.id}"], res.samples[f"pred/{c.id}"])
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import mmrobust as mr
-from conftest import make_toy_bundle
+from conftest import ctx
 from mmrobust.attacks import ATTACKS, EvalContext, GradientAttack, asr_curve
 from mmrobust.attacks.decoupling import Decoupling, mask_schedule
 from mmrobust.datasets.dataset import compute_stats
@@ -20,40 +20,11 @@ BOTH = ["image", "audio"]
 DIMS = {"image": 64, "audio": 128}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
-def data():
-    return make_toy_bundle()
-
-
-@pytest.fixture(scope="module")
-def model(data):
-    m = mr.models.create("late", data.spec)
-    mr.train(m, data, epochs=4, quiet=True)
-    return m.eval()
-
-
-@pytest.fixture(scope="module")
-def batch(data):
-    return data.test.batch(torch.arange(len(data.test)))
-
-
-@pytest.fixture(scope="module")
-def clean_wrong(model, batch):
-    x, y = batch
+def clean_wrong(toy_late, toy_batch):
+    x, y = toy_batch
     with torch.no_grad():
-        return model(x).argmax(1) != y
-
-
-def ctx(data, seed=0):
-    return EvalContext(stats=data.train.stats, generator=torch.Generator().manual_seed(seed))
+        return toy_late(x).argmax(1) != y
 
 
 def run(model, data, batch, seed=0, **kw):
@@ -79,10 +50,10 @@ def test_registered_as_a_sparse_attack_not_a_gradient_attack():
 
 # ----------------------------------------------------------------------------------- threat
 @pytest.mark.parametrize("mods", ["audio", "image", BOTH], ids=["audio", "image", "both"])
-def test_sparse_budget_range_and_untouched(mods, model, data, batch, clean_wrong):
-    x, y = batch
+def test_sparse_budget_range_and_untouched(mods, toy_late, toy_data, toy_batch, clean_wrong):
+    x, y = toy_batch
     rho_max = 0.08
-    out = run(model, data, batch, modalities=mods, rho_max=rho_max)
+    out = run(toy_late, toy_data, toy_batch, modalities=mods, rho_max=rho_max)
     attacked = [mods] if isinstance(mods, str) else mods
     d_total = sum(DIMS[m] for m in attacked)
     counts = {m: changed(out, x, m) for m in attacked}
@@ -95,13 +66,13 @@ def test_sparse_budget_range_and_untouched(mods, model, data, batch, clean_wrong
         assert a.shape == x[m].shape and a.dtype == x[m].dtype and not a.requires_grad
         assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0  # the spec's valid range
     assert int(total.max()) <= math.floor(rho_max * d_total) and float(out.info["rho"].max()) <= rho_max
-    for m in model.modalities:
+    for m in toy_late.modalities:
         if m not in attacked:
             assert out.x[m] is x[m]  # unattacked modalities: the very same tensor
     assert set(out.info) == {"success", "rho", "loss"} | {f"rho/{m}" for m in attacked}
     assert all(v.shape == (len(y),) for v in out.info.values())
     with torch.no_grad():
-        wrong = model(out.x).argmax(1) != y
+        wrong = toy_late(out.x).argmax(1) != y
     assert torch.equal(out.info["success"], wrong)  # flags agree with re-evaluating the returned batch
     assert int(wrong.sum()) > int(clean_wrong.sum())
     # already misclassified: untouched, success at ρ = 0
@@ -109,10 +80,10 @@ def test_sparse_budget_range_and_untouched(mods, model, data, batch, clean_wrong
     assert bool((total[~clean_wrong] > 0).all())  # every other sample had coordinates changed
 
 
-def test_v0_rules_put_new_coordinates_at_the_range_ends(model, data, batch):
-    x, _ = batch
+def test_v0_rules_put_new_coordinates_at_the_range_ends(toy_late, toy_data, toy_batch):
+    x, _ = toy_batch
     for v0 in ("far", "gradient"):
-        out = run(model, data, batch, modalities=BOTH, rho_max=0.05, steps=0, v0=v0)
+        out = run(toy_late, toy_data, toy_batch, modalities=BOTH, rho_max=0.05, steps=0, v0=v0)
         for m in BOTH:
             diff = out.x[m] != x[m]
             moved = out.x[m][diff]
@@ -122,13 +93,13 @@ def test_v0_rules_put_new_coordinates_at_the_range_ends(model, data, batch):
                 assert torch.equal(moved, far[diff])
 
 
-def test_first_success_is_kept(model, data, batch):
+def test_first_success_is_kept(toy_late, toy_data, toy_batch):
     """A shorter schedule is a prefix of the longer one: its successes are the same samples, same x'."""
     d = DIMS["image"] + DIMS["audio"]
     sched = mask_schedule(d, 0.1, 1, 1.5)
     k = sched[len(sched) // 2]
-    full = run(model, data, batch, modalities=BOTH, rho_max=0.1)
-    short = run(model, data, batch, modalities=BOTH, rho_max=k / d)
+    full = run(toy_late, toy_data, toy_batch, modalities=BOTH, rho_max=0.1)
+    short = run(toy_late, toy_data, toy_batch, modalities=BOTH, rho_max=k / d)
     s_full, s_short = full.info["success"], short.info["success"]
     assert bool((s_full | ~s_short).all()) and int(s_full.sum()) > int(s_short.sum())
     for m in BOTH:
@@ -136,9 +107,9 @@ def test_first_success_is_kept(model, data, batch):
     assert float(short.info["rho"].max()) <= k / d
 
 
-def test_budget_below_one_coordinate_changes_nothing(model, data, batch, clean_wrong):
-    x, _ = batch
-    out = run(model, data, batch, modalities="image", rho_max=0.01)  # ⌊0.64⌋ = 0 coordinates
+def test_budget_below_one_coordinate_changes_nothing(toy_late, toy_data, toy_batch, clean_wrong):
+    x, _ = toy_batch
+    out = run(toy_late, toy_data, toy_batch, modalities="image", rho_max=0.01)  # ⌊0.64⌋ = 0 coordinates
     assert torch.equal(out.x["image"], x["image"]) and float(out.info["rho"].max()) == 0.0
     assert torch.equal(out.info["success"], clean_wrong)
 
@@ -154,31 +125,31 @@ def test_mask_schedule():
 
 # ------------------------------------------------------------------------------- determinism
 @pytest.mark.parametrize("search", ["saliency", "random"])
-def test_deterministic(search, model, data, batch):
-    a = run(model, data, batch, seed=5, modalities=BOTH, search=search, rho_max=0.05)
-    b = run(model, data, batch, seed=5, modalities=BOTH, search=search, rho_max=0.05)
+def test_deterministic(search, toy_late, toy_data, toy_batch):
+    a = run(toy_late, toy_data, toy_batch, seed=5, modalities=BOTH, search=search, rho_max=0.05)
+    b = run(toy_late, toy_data, toy_batch, seed=5, modalities=BOTH, search=search, rho_max=0.05)
     for m in BOTH:
         assert torch.equal(a.x[m], b.x[m])
     assert all(torch.equal(a.info[k], b.info[k]) for k in a.info)
-    c = run(model, data, batch, seed=6, modalities=BOTH, search=search, rho_max=0.05)
+    c = run(toy_late, toy_data, toy_batch, seed=6, modalities=BOTH, search=search, rho_max=0.05)
     same = torch.equal(a.x["audio"], c.x["audio"]) and torch.equal(a.x["image"], c.x["image"])
     assert same == (search == "saliency")  # only the random baseline uses the generator
 
 
-def test_saliency_beats_random_at_equal_budget(model, data, batch, clean_wrong):
+def test_saliency_beats_random_at_equal_budget(toy_late, toy_data, toy_batch, clean_wrong):
     grid = [0.01, 0.02, 0.05, 0.1]
     curves = {}
     for search in ("saliency", "random"):
-        out = run(model, data, batch, modalities=BOTH, rho_max=0.1, search=search)
+        out = run(toy_late, toy_data, toy_batch, modalities=BOTH, rho_max=0.1, search=search)
         curves[search], _ = asr_curve(out.info["rho"], out.info["success"], grid, clean_correct=~clean_wrong)
     assert bool((curves["saliency"] >= curves["random"]).all())
     assert int((curves["saliency"] > curves["random"] + 0.05).sum()) >= 3
 
 
-def test_evaluate_records_per_sample_results(model, data, batch):
+def test_evaluate_records_per_sample_results(toy_late, toy_data, toy_batch):
     atk = mr.attacks.create("decoupling", modalities=BOTH, rho_max=0.05)
-    res = mr.evaluate(model, data.test, [atk])
-    out = atk.apply(model, *batch, ctx(data, 0))  # evaluate seeds the single batch with seed 0
+    res = mr.evaluate(toy_late, toy_data.test, [atk])
+    out = atk.apply(toy_late, *toy_batch, ctx(toy_data, 0))  # evaluate seeds the single batch with seed 0
     assert np.array_equal(res.samples[f"info/{atk.id}/rho"], out.info["rho"].numpy())
     ok = res.samples[f"info/{atk.id}/success"]
     assert np.array_equal(~res.correct(atk.id), ok)
@@ -198,13 +169,13 @@ def test_evaluate_records_per_sample_results(model, data, batch):
     ],
     ids=["ce", "emb-l2", "emb-cos", "cross-mean", "cross-drop"],
 )
-def test_objectives_increase(kw, model, data, batch):
-    x, y = batch
+def test_objectives_increase(kw, toy_late, toy_data, toy_batch):
+    x, y = toy_batch
     atk = mr.attacks.create("decoupling", modalities="image", rho_max=0.2, **kw)
-    out = atk.apply(model, x, y, ctx(data))
-    c = ctx(data)
-    adv = atk.objective_value(model, x, out.x, y, c)
-    clean = atk.objective_value(model, x, x, y, c)
+    out = atk.apply(toy_late, x, y, ctx(toy_data))
+    c = ctx(toy_data)
+    adv = atk.objective_value(toy_late, x, out.x, y, c)
+    clean = atk.objective_value(toy_late, x, x, y, c)
     torch.testing.assert_close(out.info["loss"], adv)
     moved = out.info["rho"] > 0
     assert float(adv.mean()) > float(clean.mean())
@@ -215,22 +186,22 @@ def test_objectives_increase(kw, model, data, batch):
     if kw["objective"] == "cross_modal":
         # brute force: the reference is the prediction with the image neutralised
         ref_cond = mr.attacks.create("missing", modalities="image", fill=kw["fill"])
-        ref_out = ref_cond.apply(model, x, y, c)
+        ref_out = ref_cond.apply(toy_late, x, y, c)
         with torch.no_grad():
-            ref = model(ref_out.x, drop=ref_out.drop).argmax(1)
-            pred = model(out.x).argmax(1)
+            ref = toy_late(ref_out.x, drop=ref_out.drop).argmax(1)
+            pred = toy_late(out.x).argmax(1)
         assert torch.equal(out.info["decoupled"], pred != ref)
-        assert int(out.info["decoupled"].sum()) > int((model(x).argmax(1) != ref).sum())
+        assert int(out.info["decoupled"].sum()) > int((toy_late(x).argmax(1) != ref).sum())
         # brute force: −log(p_y + p_r), or −log p_y where the clean streams vote for the label
         with torch.no_grad():
-            p = model(out.x).softmax(1)
+            p = toy_late(out.x).softmax(1)
         rows = torch.arange(len(y))
         mass = p[rows, y] + torch.where(ref == y, 0.0, p[rows, ref])
         torch.testing.assert_close(adv, -mass.log(), rtol=1e-4, atol=1e-5)
         assert bool((ref != y).any())  # both branches are exercised
         ce = mr.attacks.create("decoupling", modalities="image", objective="ce")
         agree = ref == y
-        torch.testing.assert_close(adv[agree], ce.objective_value(model, x, out.x, y, c)[agree])
+        torch.testing.assert_close(adv[agree], ce.objective_value(toy_late, x, out.x, y, c)[agree])
 
 
 def test_unbounded_modality_uses_training_statistics():
@@ -303,35 +274,35 @@ def test_bad_hyper_parameters(kw, match):
         mr.attacks.create("decoupling", **{"modalities": "audio", **kw})
 
 
-def test_errors_against_the_model(model, data, batch):
-    x, y = batch
+def test_errors_against_the_model(toy_late, toy_data, toy_batch):
+    x, y = toy_batch
     with pytest.raises(mr.InputError, match=r"unknown modality 'video'; the model has \['image', 'audio', 'text'\]"):
-        mr.evaluate(model, data.test, [mr.attacks.create("decoupling", modalities="video")])
+        mr.evaluate(toy_late, toy_data.test, [mr.attacks.create("decoupling", modalities="video")])
     with pytest.raises(mr.InputError, match="'text' holds token ids"):
-        mr.attacks.create("decoupling", modalities=["audio", "text"]).check(model)
-    assert mr.attacks.create("decoupling", modalities="all").resolve(model) == BOTH  # continuous ones
-    two = mr.models.create("late", data.spec, modalities=BOTH)
+        mr.attacks.create("decoupling", modalities=["audio", "text"]).check(toy_late)
+    assert mr.attacks.create("decoupling", modalities="all").resolve(toy_late) == BOTH  # continuous ones
+    two = mr.models.create("late", toy_data.spec, modalities=BOTH)
     with pytest.raises(mr.InputError, match=r"cross_modal.*at least one modality left unattacked"):
         mr.attacks.create("decoupling", modalities="all", objective="cross_modal").check(two)
-    concat = mr.models.create("concat", data.spec)
+    concat = mr.models.create("concat", toy_data.spec)
     with pytest.raises(mr.UnsupportedError, match="cannot drop modalities"):
         mr.attacks.create("decoupling", modalities="audio", objective="cross_modal", fill="drop").check(concat)
     atk = mr.attacks.create("decoupling", modalities="audio")
     with pytest.raises(mr.InputError, match="labels must lie in"):
-        atk.apply(model, x, y + 10, ctx(data))
+        atk.apply(toy_late, x, y + 10, ctx(toy_data))
     with pytest.raises(mr.InputError, match="outside the valid range"):
-        atk.apply(model, {**x, "audio": x["audio"] + 2}, y, ctx(data))
+        atk.apply(toy_late, {**x, "audio": x["audio"] + 2}, y, ctx(toy_data))
 
 
-def test_mode_and_parameters_restored(model, data, batch):
+def test_mode_and_parameters_restored(toy_late, toy_data, toy_batch):
     seen = []
-    hook = model.encoders["audio"].register_forward_pre_hook(lambda mod, _: seen.append(mod.training))
-    model.train()
+    hook = toy_late.encoders["audio"].register_forward_pre_hook(lambda mod, _: seen.append(mod.training))
+    toy_late.train()
     try:
-        run(model, data, batch, modalities="audio", rho_max=0.02)
+        run(toy_late, toy_data, toy_batch, modalities="audio", rho_max=0.02)
     finally:
         hook.remove()
-        was = [m.training for m in model.modules()]
-        flags = [p.requires_grad for p in model.parameters()]
-        model.eval()
+        was = [m.training for m in toy_late.modules()]
+        flags = [p.requires_grad for p in toy_late.parameters()]
+        toy_late.eval()
     assert seen and not any(seen) and all(was) and all(flags)

@@ -83,3 +83,18 @@ def test_same_seed_same_bytes_full_build(tmp_path):
     b = mr.datasets.load("mmdigits", cache_dir=tmp_path, rebuild=True)
     assert a.meta["checksum"] == b.meta["checksum"]
     assert b.meta["build_seconds"] <= 120
+
+
+def test_trained_fusions_raise_no_reliability_flag(default_run):
+    """methods.md §8: the normal MM-Digits models raise no flag at default settings."""
+    data = mr.datasets.load("mmdigits")
+    test = data.test.subset(list(range(200)))
+    for name in FUSIONS:
+        model = mr.models.load(default_run / "models" / f"{name}.pt")
+        conds = [
+            mr.attacks.create("pgd", modalities="each", eps=eps, steps=10, token_surface="embedding")
+            for eps in (0.02, 0.1)
+        ]
+        res = mr.evaluate(model, test, conds)
+        assert res.flags == [], (name, res.flag_report())
+        assert res.accuracy(conds[1].id) <= res.accuracy(conds[0].id) <= res.accuracy()

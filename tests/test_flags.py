@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from torch import nn
 
 import mmrobust as mr
-from conftest import make_toy_bundle
 from mmrobust.reliability import FLAG_DOCS, ReliabilityChecks
 
 
@@ -47,26 +46,6 @@ class NanGradient(nn.Module):
         return self.enc(x + torch.where(x > 2, torch.sqrt(x - 2), torch.zeros_like(x)))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def data():
-    return make_toy_bundle()
-
-
-@pytest.fixture(scope="module")
-def model(data):
-    m = mr.models.create("late", data.spec)
-    mr.train(m, data, epochs=4, quiet=True)
-    return m.eval()
-
-
 def wrapped(model, modality, cls):
     m = copy.deepcopy(model)
     m.encoders[modality] = cls(m.encoders[modality])
@@ -90,18 +69,18 @@ def test_every_flag_is_documented():
         assert f"`{name}`" in doc, name
 
 
-def test_sound_model_raises_no_flag(model, data):
-    conds = [pgd(m, eps) for m in model.modalities for eps in (0.05, 0.2)]
+def test_sound_model_raises_no_flag(toy_late, toy_data):
+    conds = [pgd(m, eps) for m in toy_late.modalities for eps in (0.05, 0.2)]
     conds.append(mr.attacks.create("pgd", modalities="each", eps=0.1, steps=10, token_surface="embedding"))
-    res = mr.evaluate(model, data.test, conds)
+    res = mr.evaluate(toy_late, toy_data.test, conds)
     assert res.flags == []
     assert all(r["flags"] == "" for r in res.rows())
 
 
-def test_quantisation_raises_zero_gradients_on_that_modality(model, data):
-    q = wrapped(model, "image", Quantised)
+def test_quantisation_raises_zero_gradients_on_that_modality(toy_late, toy_data):
+    q = wrapped(toy_late, "image", Quantised)
     atk_img, atk_aud = pgd("image"), pgd("audio")
-    res = mr.evaluate(q, data.test, [atk_img, atk_aud])
+    res = mr.evaluate(q, toy_data.test, [atk_img, atk_aud])
     assert "zero_gradients(image)" in names(res, atk_img.id)
     assert names(res, atk_aud.id) == set()
     row = next(r for r in res.rows() if r["condition"] == atk_img.id)
@@ -109,47 +88,48 @@ def test_quantisation_raises_zero_gradients_on_that_modality(model, data):
     assert "zero_gradients" in res.flag_report()
 
 
-def test_inference_dropout_raises_randomised_model(model, data):
-    d = wrapped(model, "audio", InferenceDropout)
-    res = mr.evaluate(d, data.test, [pgd("image")])
+def test_inference_dropout_raises_randomised_model(toy_late, toy_data):
+    d = wrapped(toy_late, "audio", InferenceDropout)
+    res = mr.evaluate(d, toy_data.test, [pgd("image")])
     assert "randomised_model" in names(res, "")
     # model-level flags sit on the clean row
     assert "randomised_model" in res.rows()[0]["flags"]
     # without attacks the model checks still run
-    assert "randomised_model" in names(mr.evaluate(d, data.test, []))
+    assert "randomised_model" in names(mr.evaluate(d, toy_data.test, []))
 
 
-def test_nan_gradients_flagged(model, data):
-    res = mr.evaluate(wrapped(model, "audio", NanGradient), data.test, [pgd("audio")], checks=ReliabilityChecks())
+def test_nan_gradients_flagged(toy_late, toy_data):
+    nan = wrapped(toy_late, "audio", NanGradient)
+    res = mr.evaluate(nan, toy_data.test, [pgd("audio")], checks=ReliabilityChecks())
     assert "nonfinite_gradients(audio)" in names(res)
 
 
-def test_probability_outputs_flagged(model, data):
-    p = copy.deepcopy(model)
+def test_probability_outputs_flagged(toy_late, toy_data):
+    p = copy.deepcopy(toy_late)
     p.head = nn.Sequential(p.head, nn.Softmax(dim=1))
     # late fusion's head sits after the fused logits; check the raw outputs first
     with torch.no_grad():
-        out = p(data.test.batch(torch.arange(8))[0])
+        out = p(toy_data.test.batch(torch.arange(8))[0])
     if not torch.allclose(out.sum(1), torch.ones(8)):
         pytest.skip("this fusion does not route through model.head")
-    assert "probability_outputs" in names(mr.evaluate(p, data.test, []))
+    assert "probability_outputs" in names(mr.evaluate(p, toy_data.test, []))
 
 
-def test_weak_attack_is_beaten_by_noise(model, data):
+def test_weak_attack_is_beaten_by_noise(toy_late, toy_data):
     weak = mr.attacks.create("pgd", modalities="image", eps=0.6, steps=1, alpha=1e-6, random_start=False)
-    res = mr.evaluate(model, data.test, [weak])
+    res = mr.evaluate(toy_late, toy_data.test, [weak])
     assert "noise_beats_attack" in names(res, weak.id)
-    assert mr.evaluate(model, data.test, [weak], checks=False).flags == []
+    assert mr.evaluate(toy_late, toy_data.test, [weak], checks=False).flags == []
 
 
-def test_unbounded_attack_fails_when_every_modality_is_masked(data):
-    two = data.spec.subset(["image", "audio"])
+def test_unbounded_attack_fails_when_every_modality_is_masked(toy_data):
+    two = toy_data.spec.subset(["image", "audio"])
     m = mr.models.create("late", two)
-    mr.train(m, data, epochs=2, quiet=True)
+    mr.train(m, toy_data, epochs=2, quiet=True)
     for k in ("image", "audio"):
         m.encoders[k] = Quantised(m.encoders[k])
     m.eval()
-    res = mr.evaluate(m, data.test, [pgd("image")])
+    res = mr.evaluate(m, toy_data.test, [pgd("image")])
     assert "unbounded_attack_fails" in names(res, "")
     assert "zero_gradients(image)" in names(res)
 

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 import mmrobust as mr
-from conftest import make_toy_bundle
 from mmrobust.errors import InputError
 from mmrobust.metrics.geometry import (
     GeometryReport,
@@ -22,14 +21,6 @@ from mmrobust.metrics.geometry import (
 )
 
 K = 4
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def clustered(n: int, d: int, seed: int, k: int = K, noise: float = 1.2) -> tuple[torch.Tensor, torch.Tensor]:
@@ -306,24 +297,12 @@ def test_density_bad_input():
 
 
 # ------------------------------------------------------------------------------------------ model report
-@pytest.fixture(scope="module")
-def data():
-    return make_toy_bundle()
-
-
-@pytest.fixture(scope="module")
-def late(data):
-    m = mr.models.create("late", data.spec)
-    mr.train(m, data, epochs=3, quiet=True)
-    return m.eval()
-
-
-def test_geometry_report_on_a_model(data, late):
-    rep = geometry_report(late, data.test, pairs_per_class=40, k=5, seed=1)
+def test_geometry_report_on_a_model(toy_data, toy_late):
+    rep = geometry_report(toy_late, toy_data.test, pairs_per_class=40, k=5, seed=1)
     assert isinstance(rep, GeometryReport)
     assert list(rep.spaces) == ["fused", "image", "audio", "text"]
-    assert rep.spaces["fused"].dim == K and rep.spaces["image"].dim == late.config["embed_dim"]
-    acc = mr.evaluate(late, data.test, checks=False).accuracy()
+    assert rep.spaces["fused"].dim == K and rep.spaces["image"].dim == toy_late.config["embed_dim"]
+    acc = mr.evaluate(toy_late, toy_data.test, checks=False).accuracy()
     assert rep.accuracy == pytest.approx(acc)
     for s in rep.spaces.values():
         assert 0 <= s.convexity.macro <= 1 and 0 < s.density.macro <= 1
@@ -332,43 +311,44 @@ def test_geometry_report_on_a_model(data, late):
     np.testing.assert_array_equal(rep.spaces["fused"].convexity.a, rep.spaces["audio"].convexity.a)
     np.testing.assert_array_equal(rep.spaces["fused"].convexity.lam, rep.spaces["text"].convexity.lam)
     # the fused space of the report equals convexity() on the fused embeddings with the head
-    x, y = data.test.batch(torch.arange(len(data.test)))
+    x, y = toy_data.test.batch(torch.arange(len(toy_data.test)))
     with torch.no_grad():
-        z = late.encode(x)
-        direct = convexity(late.fuse(z)[0], y, late.head_from_fused, pairs_per_class=40, seed=1, num_classes=K)
-        direct_m = convexity(z, y, late.logits_from_embeddings, space="audio", pairs_per_class=40, seed=1,
+        z = toy_late.encode(x)
+        direct = convexity(toy_late.fuse(z)[0], y, toy_late.head_from_fused, pairs_per_class=40, seed=1, num_classes=K)
+        direct_m = convexity(z, y, toy_late.logits_from_embeddings, space="audio", pairs_per_class=40, seed=1,
                              num_classes=K)
     np.testing.assert_array_equal(direct.pred, rep.spaces["fused"].convexity.pred)
     np.testing.assert_array_equal(direct_m.pred, rep.spaces["audio"].convexity.pred)
     # JSON-friendly, deterministic, and a readable table
     d = rep.to_dict()
     assert json.loads(json.dumps(d, allow_nan=False)) == d
-    assert d == geometry_report(late, data.test, pairs_per_class=40, k=5, seed=1).to_dict()
-    assert d["class_frequency"] == pytest.approx(np.bincount(data.test.labels.numpy(), minlength=K) / len(data.test))
+    assert d == geometry_report(toy_late, toy_data.test, pairs_per_class=40, k=5, seed=1).to_dict()
+    freq = np.bincount(toy_data.test.labels.numpy(), minlength=K) / len(toy_data.test)
+    assert d["class_frequency"] == pytest.approx(freq)
     assert "convexity_correct" in rep.table() and "audio" in rep.table()
     assert len(json.dumps(rep.to_dict(per_sample=True))) > len(json.dumps(d))
 
 
-def test_geometry_report_interpolation_at_endpoint_a_is_the_clean_prediction(data, late):
+def test_geometry_report_interpolation_at_endpoint_a_is_the_clean_prediction(toy_data, toy_late):
     # λ = 1 puts the interpolant at endpoint a in every space: convexity then equals the accuracy on a
-    x, y = data.test.batch(torch.arange(len(data.test)))
+    x, y = toy_data.test.batch(torch.arange(len(toy_data.test)))
     with torch.no_grad():
-        z = late.encode(x)
-        clean = late(x).argmax(1)
-        r = convexity(z, y, late.logits_from_embeddings, space="image", pairs_per_class=30, seed=0)
+        z = toy_late.encode(x)
+        clean = toy_late(x).argmax(1)
+        r = convexity(z, y, toy_late.logits_from_embeddings, space="image", pairs_per_class=30, seed=0)
         a = torch.from_numpy(r.a)
         zc = {m: t[a] for m, t in z.items()}
-        np.testing.assert_array_equal(late.logits_from_embeddings(zc).argmax(1).numpy(), clean[a].numpy())
+        np.testing.assert_array_equal(toy_late.logits_from_embeddings(zc).argmax(1).numpy(), clean[a].numpy())
 
 
-def test_geometry_report_bad_input(data, late):
+def test_geometry_report_bad_input(toy_data, toy_late):
     with pytest.raises(InputError, match="unknown space 'video'"):
-        geometry_report(late, data.test, spaces=["video"])
+        geometry_report(toy_late, toy_data.test, spaces=["video"])
     with pytest.raises(InputError, match="MultimodalDataset"):
-        geometry_report(late, data.test.inputs)
+        geometry_report(toy_late, toy_data.test.inputs)
     with pytest.raises(InputError, match="MultimodalModel"):
-        geometry_report(torch.nn.Linear(2, 2), data.test)
+        geometry_report(torch.nn.Linear(2, 2), toy_data.test)
     with pytest.raises(InputError, match="k=500"):
-        geometry_report(late, data.test, k=500)
-    rep = geometry_report(late, data.test, spaces="audio", pairs_per_class=5, k=3)
-    assert list(rep.spaces) == ["audio"] and late.training is False
+        geometry_report(toy_late, toy_data.test, k=500)
+    rep = geometry_report(toy_late, toy_data.test, spaces="audio", pairs_per_class=5, k=3)
+    assert list(rep.spaces) == ["audio"] and toy_late.training is False

@@ -8,29 +8,8 @@ import pytest
 import torch
 
 import mmrobust as mr
-from conftest import make_toy_bundle
 from mmrobust.attacks import EvalContext, ThreatModel
 from mmrobust.attacks.threat import _top_k_mask, project_ball, sample_norms
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def data():
-    return make_toy_bundle()
-
-
-@pytest.fixture(scope="module")
-def model(data):
-    m = mr.models.create("late", data.spec)
-    mr.train(m, data, epochs=4, quiet=True)
-    return m.eval()
 
 
 def _ctx(seed=0):
@@ -85,10 +64,10 @@ def test_l0_projection_is_exact_against_brute_force():
 
 
 @pytest.mark.parametrize("k", [0, 3, 20])
-def test_sparse_pgd_invariants(model, data, k):
-    x, y = data.test.batch(torch.arange(len(data.test)))
+def test_sparse_pgd_invariants(toy_late, toy_data, k):
+    x, y = toy_data.test.batch(torch.arange(len(toy_data.test)))
     atk = mr.attacks.create("pgd", modalities=["image", "audio"], norm="l0", eps=k, steps=10)
-    out = atk.apply(model, x, y, _ctx())
+    out = atk.apply(toy_late, x, y, _ctx())
     for m in ("image", "audio"):
         changed = (out.x[m] != x[m]).flatten(1).sum(1)
         assert int(changed.max()) <= k
@@ -99,18 +78,18 @@ def test_sparse_pgd_invariants(model, data, k):
         assert all(torch.equal(out.x[m], x[m]) for m in x)
 
 
-def test_sparse_pgd_beats_random_sparse_noise(model, data):
+def test_sparse_pgd_beats_random_sparse_noise(toy_late, toy_data):
     atk = mr.attacks.create("pgd", modalities="image", norm="l0", eps=6, steps=20)
     noise = mr.attacks.create("pgd", modalities="image", norm="l0", eps=6, steps=1, alpha=1e-9)  # ≈ random start
-    res = mr.evaluate(model, data.test, [atk, noise], checks=False)
+    res = mr.evaluate(toy_late, toy_data.test, [atk, noise], checks=False)
     assert res.accuracy(atk.id) < res.accuracy(noise.id)
 
 
-def test_text_embeddings_l0_skip_padding(model, data):
-    x, y = data.test.batch(torch.arange(16))
+def test_text_embeddings_l0_skip_padding(toy_late, toy_data):
+    x, y = toy_data.test.batch(torch.arange(16))
     atk = mr.attacks.create("pgd", modalities="text", norm="l0", eps=5, steps=5, token_surface="embedding")
-    out = atk.apply(model, x, y, _ctx())
-    clean = model.embed("text", x["text"])
+    out = atk.apply(toy_late, x, y, _ctx())
+    clean = toy_late.embed("text", x["text"])
     moved = (out.embeddings["text"] != clean).any(-1)
     assert not bool((moved & (x["text"] == 0)).any())
     assert int((out.embeddings["text"] != clean).flatten(1).sum(1).max()) <= 5

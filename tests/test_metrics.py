@@ -23,7 +23,6 @@ import torch.multiprocessing as tmp_mp
 from torch import nn
 
 import mmrobust as mr
-from conftest import make_toy_bundle
 from mmrobust.attacks import ATTACKS, EvalContext, GradientAttack
 from mmrobust.errors import InputError
 from mmrobust.evaluate import EvaluationResult
@@ -43,14 +42,6 @@ from mmrobust.metrics import (
 from mmrobust.metrics import functional as F
 from mmrobust.metrics import results as R
 from mmrobust.spec import DatasetSpec, ModalitySpec
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # ------------------------------------------------------------------------------------------ fixtures
@@ -88,14 +79,6 @@ def linear_setup(n: int = 64):
 @pytest.fixture(scope="module")
 def linear():
     return linear_setup()
-
-
-@pytest.fixture(scope="module")
-def toy():
-    data = make_toy_bundle()
-    model = mr.models.create("late", data.spec)
-    mr.train(model, data, epochs=2, quiet=True)
-    return data, model.eval()
 
 
 def success_at(model, x, y, name, eps, **kw):
@@ -189,9 +172,9 @@ THREATS = {
 
 @pytest.mark.parametrize("threat", list(THREATS))
 @pytest.mark.parametrize("name", per_sample_attacks())
-def test_per_sample_radii_equal_scalar_attack(toy, name, threat):
+def test_per_sample_radii_equal_scalar_attack(toy_data, toy_late, name, threat):
     """Registry walk: the per-sample threat with all radii = ε reproduces the attack at ε bit for bit."""
-    data, model = toy
+    data, model = toy_data, toy_late
     cls = ATTACKS.get(name)
     kw = dict(THREATS[threat])
     if kw["norm"] not in cls.norms or kw.get("budget", "per_modality") not in cls.budgets:
@@ -231,8 +214,8 @@ def test_each_and_weights(linear):
     assert torch.equal(rb.upper, rg.upper) and not torch.equal(rb.upper, each.upper)
 
 
-def test_minimal_eps_factory_dataset_and_determinism(toy):
-    data, model = toy
+def test_minimal_eps_factory_dataset_and_determinism(toy_data, toy_late):
+    data, model = toy_data, toy_late
     sub = data.test.subset(torch.arange(40))
     search = MinimalEpsSearch("pgd", modalities="audio", eps_max=0.3, iterations=4, steps=5)  # random start
     a = search.run(model, sub, batch_size=32, seed=1)
@@ -477,8 +460,8 @@ def test_result_helpers_on_synthetic_result():
         R.accuracy_curve(res, name="pgd")
 
 
-def test_result_helpers_on_evaluate(toy):
-    data, model = toy
+def test_result_helpers_on_evaluate(toy_data, toy_late):
+    data, model = toy_data, toy_late
     test = data.test
     conds = [
         mr.attacks.create("fgsm", modalities="each", eps=0.1, token_surface="embedding"),

@@ -29,8 +29,8 @@ def digests(arrays):
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    return build_arrays(seed=0, size="tiny")
+def tiny(mmdigits_tiny):
+    return mmdigits_tiny
 
 
 @pytest.fixture(scope="module")

@@ -5,13 +5,15 @@ import pytest
 import torch
 
 import mmrobust as mr
+from conftest import copy_of
 from mmrobust.cli import main
 from mmrobust.datasets.mmdigits.loader import cache_path
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
+def cache(tmp_path_factory, mmdigits_tiny_cache):
+    """A private copy of the session's tiny cache (these tests corrupt and rebuild it)."""
+    return copy_of(mmdigits_tiny_cache, tmp_path_factory, "cache")
 
 
 def test_tiny_bundle_has_the_contract(cache):

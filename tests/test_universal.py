@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import mmrobust as mr
-from conftest import make_toy_bundle
-from mmrobust.attacks import EvalContext, Universal
+from conftest import ctx
+from mmrobust.attacks import Universal
 from mmrobust.attacks.gradient import LOSSES, Objective
 from mmrobust.attacks.threat import sample_norms
 from mmrobust.spec import DatasetSpec, ModalitySpec
@@ -27,35 +27,6 @@ THREATS = {
     "image+audio-joint": {"modalities": ["image", "audio"], "norm": "l2", "budget": "joint", "eps": 1.0},
 }
 TOL = 1e-6
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def data():
-    return make_toy_bundle()
-
-
-@pytest.fixture(scope="module")
-def model(data):
-    m = mr.models.create("late", data.spec)
-    mr.train(m, data, epochs=4, quiet=True)
-    return m.eval()
-
-
-@pytest.fixture(scope="module")
-def batch(data):
-    return data.test.batch(torch.arange(len(data.test)))
-
-
-def ctx(data, seed=0):
-    return EvalContext(stats=data.train.stats, generator=torch.Generator().manual_seed(seed))
 
 
 def attacked(threat):
@@ -76,7 +47,7 @@ def eps_of(threat, key):
 
 
 # ------------------------------------------------------------------------------- one shared δ
-def test_same_delta_for_every_sample_and_batch_in_evaluate(model, data, monkeypatch):
+def test_same_delta_for_every_sample_and_batch_in_evaluate(toy_late, toy_data, monkeypatch):
     threat = {"modalities": ["image", "audio"], "norm": "linf", "eps": 0.15}
     atk = mr.attacks.create("universal", **threat)
     seen = []
@@ -88,7 +59,7 @@ def test_same_delta_for_every_sample_and_batch_in_evaluate(model, data, monkeypa
         return out
 
     monkeypatch.setattr(Universal, "apply", spy)
-    res = mr.evaluate(model, data.test, [atk], batch_size=32)  # three batches
+    res = mr.evaluate(toy_late, toy_data.test, [atk], batch_size=32)  # three batches
     assert len(seen) == 3 and atk.fitted_by_ == "prepare"
     delta = atk.delta_
     assert set(delta) == {"image", "audio"} and delta["audio"].shape == (1, 8, 16)
@@ -104,25 +75,26 @@ def test_same_delta_for_every_sample_and_batch_in_evaluate(model, data, monkeypa
             assert bool((moved.abs() <= delta[m].abs() + TOL).all())  # clipping only shrinks it
         assert out.x["text"] is x["text"]
     # The per-sample predictions are those of clip(x + δ) for the whole split, whatever the batch size.
-    x, _ = data.test.batch(torch.arange(len(data.test)))
+    x, _ = toy_data.test.batch(torch.arange(len(toy_data.test)))
     with torch.no_grad():
-        pred = model({**x, **{m: (x[m] + delta[m]).clamp(0, 1) for m in delta}}).argmax(1).numpy()
+        pred = toy_late({**x, **{m: (x[m] + delta[m]).clamp(0, 1) for m in delta}}).argmax(1).numpy()
     assert np.array_equal(res.samples[f"pred/{atk.id}"], pred)
-    again = mr.evaluate(model, data.test, [mr.attacks.create("universal", **threat)], batch_size=96)
+    again = mr.evaluate(toy_late, toy_data.test, [mr.attacks.create("universal", **threat)], batch_size=96,
+                        checks=False)
     assert np.array_equal(again.samples[f"pred/{atk.id}"], pred)
 
 
-def test_text_through_embeddings(model, data, batch):
-    x, y = batch
+def test_text_through_embeddings(toy_late, toy_data, toy_batch):
+    x, y = toy_batch
     atk = mr.attacks.create("universal", modalities="text", norm="l2", eps=1.0, token_surface="embedding")
-    atk.fit(model, data.test)
+    atk.fit(toy_late, toy_data.test)
     with torch.no_grad():
-        clean = model.embed("text", x["text"])
+        clean = toy_late.embed("text", x["text"])
     delta = atk.delta_["text"]
     assert delta.shape == clean.shape[1:]  # (L, D)
-    out = atk.apply(model, x, y, ctx(data))
+    out = atk.apply(toy_late, x, y, ctx(toy_data))
     assert out.x["text"] is x["text"]
-    pad = x["text"] == model.spec["text"].pad_id
+    pad = x["text"] == toy_late.spec["text"].pad_id
     emb = out.embeddings["text"]
     assert torch.equal(emb[pad], clean[pad])  # pad positions are masked per sample
     torch.testing.assert_close(emb - clean, torch.where(pad[..., None], 0.0, delta.expand_as(clean)))
@@ -132,10 +104,10 @@ def test_text_through_embeddings(model, data, batch):
 
 # ------------------------------------------------------------------------------------- projection
 @pytest.mark.parametrize("threat", THREATS.values(), ids=THREATS.keys())
-def test_projected_after_every_update_and_at_the_end(threat, model, data, monkeypatch):
+def test_projected_after_every_update_and_at_the_end(threat, toy_late, toy_data, monkeypatch):
     kw = {"epochs": 3, "batch_size": 32, "alpha": 0.5 * eps_of(threat, "audio")}  # large steps: they overshoot
-    atk = mr.attacks.create("universal", **threat, **kw).fit(model, data.train)
-    n_updates = 3 * math.ceil(len(data.train) / 32)
+    atk = mr.attacks.create("universal", **threat, **kw).fit(toy_late, toy_data.train)
+    n_updates = 3 * math.ceil(len(toy_data.train) / 32)
     keys = [f"norm/{m}" for m in attacked(threat)] + (["norm/joint"] if threat.get("budget") == "joint" else [])
     assert set(atk.trace_) == {"loss", *keys}
     joint = threat.get("budget") == "joint"
@@ -158,52 +130,52 @@ def test_projected_after_every_update_and_at_the_end(threat, model, data, monkey
 
     with monkeypatch.context() as mp:
         mp.setattr(Universal, "_update", unprojected_update)
-        bad = mr.attacks.create("universal", **threat, **kw).fit(model, data.train)
+        bad = mr.attacks.create("universal", **threat, **kw).fit(toy_late, toy_data.train)
     assert float(bad.trace_[f"norm/{key}"].max()) > 1.5 * bound
     assert delta_norms(bad.delta_, threat)[key] <= bound + TOL  # the final projection alone hides it
     # No projection at all (the reference notebooks): ‖δ‖ leaves the ball.
     monkeypatch.setattr(Universal, "_project", staticmethod(lambda threat, delta: dict(delta)))
-    bad = mr.attacks.create("universal", **threat, **kw).fit(model, data.train)
+    bad = mr.attacks.create("universal", **threat, **kw).fit(toy_late, toy_data.train)
     assert delta_norms(bad.delta_, threat)[key] > 1.5 * bound
     assert float(bad.trace_[f"norm/{key}"].max()) > 1.5 * bound
 
 
 # --------------------------------------------------------------------------------- fitting
-def test_fit_on_another_split_is_kept_by_evaluate(model, data):
+def test_fit_on_another_split_is_kept_by_evaluate(toy_late, toy_data):
     atk = mr.attacks.create("universal", modalities="audio", eps=0.1)
-    assert atk.fit(model, data.train) is atk and atk.fitted_by_ == "fit"
+    assert atk.fit(toy_late, toy_data.train) is atk and atk.fitted_by_ == "fit"
     fitted = atk.delta_["audio"].clone()
-    res = mr.evaluate(model, data.test, [atk])
+    res = mr.evaluate(toy_late, toy_data.test, [atk], checks=False)
     assert torch.equal(atk.delta_["audio"], fitted)  # prepare did not refit
-    x, _ = data.test.batch(torch.arange(len(data.test)))
+    x, _ = toy_data.test.batch(torch.arange(len(toy_data.test)))
     with torch.no_grad():
-        pred = model({**x, "audio": (x["audio"] + fitted).clamp(0, 1)}).argmax(1).numpy()
+        pred = toy_late({**x, "audio": (x["audio"] + fitted).clamp(0, 1)}).argmax(1).numpy()
     assert np.array_equal(res.samples[f"pred/{atk.id}"], pred)
     atk.reset()
     assert atk.delta_ is None and atk.fitted_by_ is None
-    mr.evaluate(model, data.test, [atk])
+    mr.evaluate(toy_late, toy_data.test, [atk], checks=False)
     assert atk.fitted_by_ == "prepare" and not torch.equal(atk.delta_["audio"], fitted)
 
 
-def test_apply_without_fit_fits_on_the_batch(model, data, batch):
-    x, y = batch
+def test_apply_without_fit_fits_on_the_batch(toy_late, toy_data, toy_batch):
+    x, y = toy_batch
     atk = mr.attacks.create("universal", modalities=["image", "audio"], norm="linf", eps=0.1)
-    out = atk.apply(model, x, y, ctx(data, 5))
+    out = atk.apply(toy_late, x, y, ctx(toy_data, 5))
     assert atk.delta_ is None  # no state kept from a single batch
     # the same δ as a fit on a split holding exactly this batch, with the same generator
     ref = mr.attacks.create("universal", modalities=["image", "audio"], norm="linf", eps=0.1)
-    ref.fit(model, data.test, torch.Generator().manual_seed(5))
-    out2 = ref.apply(model, x, y, ctx(data, 123))  # fitted: the generator is not used any more
+    ref.fit(toy_late, toy_data.test, torch.Generator().manual_seed(5))
+    out2 = ref.apply(toy_late, x, y, ctx(toy_data, 123))  # fitted: the generator is not used any more
     for m in ("image", "audio"):
         assert torch.equal(out.x[m], out2.x[m])
     assert torch.equal(out.info["success"], out2.info["success"])
 
 
-def test_fit_increases_the_mean_loss_on_its_data(model, data):
-    atk = mr.attacks.create("universal", modalities=["image", "audio"], eps=0.2).fit(model, data.train)
-    threat = atk.resolve(model)
-    x, y = data.train.batch(torch.arange(len(data.train)))
-    obj = Objective(model, x, y, threat, LOSSES["ce"])
+def test_fit_increases_the_mean_loss_on_its_data(toy_late, toy_data):
+    atk = mr.attacks.create("universal", modalities=["image", "audio"], eps=0.2).fit(toy_late, toy_data.train)
+    threat = atk.resolve(toy_late)
+    x, y = toy_data.train.batch(torch.arange(len(toy_data.train)))
+    obj = Objective(toy_late, x, y, threat, LOSSES["ce"])
     delta = {m: d[None] for m, d in atk.delta_.items()}
     with torch.no_grad():
         clean = float(obj.score(obj.origin)[0].mean())
@@ -211,52 +183,55 @@ def test_fit_increases_the_mean_loss_on_its_data(model, data):
     assert adv > clean + 0.2
 
 
-def test_deterministic(model, data):
+def test_deterministic(toy_late, toy_data):
     threat = THREATS["image+audio-joint"]
     fits = [
         mr.attacks.create("universal", **threat, epochs=3, random_start=True).fit(
-            model, data.train, torch.Generator().manual_seed(s)
+            toy_late, toy_data.train, torch.Generator().manual_seed(s)
         )
         for s in (0, 0, 1)
     ]
     for m in ("image", "audio"):
         assert torch.equal(fits[0].delta_[m], fits[1].delta_[m])
         assert not torch.equal(fits[0].delta_[m], fits[2].delta_[m])
-    a, b = (mr.evaluate(model, data.test, [mr.attacks.create("universal", **threat)], seed=3) for _ in range(2))
+    a, b = (
+        mr.evaluate(toy_late, toy_data.test, [mr.attacks.create("universal", **threat)], seed=3, checks=False)
+        for _ in range(2)
+    )
     key = next(k for k in a.samples if k.startswith("pred/universal"))
     assert np.array_equal(a.samples[key], b.samples[key])
 
 
 # --------------------------------------------------------------------------------- strength
 @pytest.mark.parametrize("threat", THREATS.values(), ids=THREATS.keys())
-def test_weaker_than_or_equal_to_per_sample_pgd(threat, model, data):
+def test_weaker_than_or_equal_to_per_sample_pgd(threat, toy_late, toy_data):
     uni = mr.attacks.create("universal", **threat)
     pgd = mr.attacks.create("pgd", **threat)
-    res = mr.evaluate(model, data.test, [uni, pgd])
+    res = mr.evaluate(toy_late, toy_data.test, [uni, pgd], checks=False)
     assert res.accuracy(uni.id) >= res.accuracy(pgd.id)
     assert res.accuracy(pgd.id) < res.accuracy("clean")
 
 
-def test_large_eps_reduces_accuracy(model, data):
+def test_large_eps_reduces_accuracy(toy_late, toy_data):
     atk = mr.attacks.create("universal", modalities=["image", "audio"], norm="linf", eps=0.4)
-    res = mr.evaluate(model, data.test, [atk])
+    res = mr.evaluate(toy_late, toy_data.test, [atk], checks=False)
     assert res.accuracy(atk.id) < res.accuracy("clean") - 0.2
     assert float(res.samples[f"info/{atk.id}/norm/audio"].max()) <= 0.4 + TOL
 
 
-def test_each_fits_one_delta_per_modality(model, data, batch):
+def test_each_fits_one_delta_per_modality(toy_late, toy_data, toy_batch):
     atk = mr.attacks.create(
         "universal", modalities="each", eps={"image": 0.1, "audio": 0.1, "text": 0.5}, token_surface="embedding"
     )
-    res = mr.evaluate(model, data.test, [atk])
-    shapes = {m: tuple(atk.single(m).delta_[m].shape) for m in model.modalities}
+    res = mr.evaluate(toy_late, toy_data.test, [atk], checks=False)
+    shapes = {m: tuple(atk.single(m).delta_[m].shape) for m in toy_late.modalities}
     assert shapes["image"] == (1, 8, 8) and shapes["audio"] == (1, 8, 16) and shapes["text"][0] == 6
-    assert all(atk.single(m).fitted_by_ == "prepare" for m in model.modalities)
+    assert all(atk.single(m).fitted_by_ == "prepare" for m in toy_late.modalities)
     assert res.accuracy(atk.id) <= res.accuracy("clean")
-    x, y = batch
-    out = atk.apply(model, x, y, ctx(data))
+    x, y = toy_batch
+    out = atk.apply(toy_late, x, y, ctx(toy_data))
     for m in ("image", "audio"):
-        single = atk.single(m).apply(model, x, y, ctx(data))
+        single = atk.single(m).apply(toy_late, x, y, ctx(toy_data))
         assert torch.equal(out.info[f"success/{m}"], single.info["success"])
 
 
@@ -279,23 +254,23 @@ def test_bad_hyper_parameters():
         make(random_start=1)
 
 
-def test_bad_fit_data_and_stale_delta(model, data, batch):
+def test_bad_fit_data_and_stale_delta(toy_late, toy_data, toy_batch):
     atk = mr.attacks.create("universal", modalities="audio", eps=0.1)
     with pytest.raises(mr.InputError, match=r"fit needs a MultimodalDataset split.*got dict"):
-        atk.fit(model, {"audio": batch[0]["audio"]})
+        atk.fit(toy_late, {"audio": toy_batch[0]["audio"]})
     with pytest.raises(mr.InputError, match="empty dataset"):
-        atk.fit(model, data.test.subset(torch.arange(0)))
+        atk.fit(toy_late, toy_data.test.subset(torch.arange(0)))
     with pytest.raises(mr.InputError, match="the model needs modality 'image'"):
-        atk.fit(model, data.test.select(["audio", "text"]))
-    x, y = batch
-    bad = mr.datasets.MultimodalDataset({**x, "audio": x["audio"] * 3}, y, data.spec, stats=data.train.stats)
+        atk.fit(toy_late, toy_data.test.select(["audio", "text"]))
+    x, y = toy_batch
+    bad = mr.datasets.MultimodalDataset({**x, "audio": x["audio"] * 3}, y, toy_data.spec, stats=toy_data.train.stats)
     with pytest.raises(mr.InputError, match="outside the valid range"):
-        atk.fit(model, bad)
+        atk.fit(toy_late, bad)
     # a δ fitted for one model, applied to a model whose audio has another shape
-    atk.fit(model, data.test)
+    atk.fit(toy_late, toy_data.test)
     spec2 = DatasetSpec(modalities=(ModalitySpec("audio", "audio", (1, 8, 8), low=0.0, high=1.0),), num_classes=4)
     other = mr.models.create("late", spec2).eval()
     x2 = {"audio": torch.rand(5, 1, 8, 8)}
     shapes = r"fitted perturbation of 'audio' has shape \(1, 8, 16\).*needs \(1, 8, 8\)"
     with pytest.raises(mr.InputError, match=shapes):
-        atk.apply(other, x2, torch.zeros(5, dtype=torch.long), ctx(data))
+        atk.apply(other, x2, torch.zeros(5, dtype=torch.long), ctx(toy_data))

@@ -18,8 +18,10 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from mmrobust.attacks._checks import check_flag, check_int, check_restarts
 from mmrobust.attacks.base import EvalContext
-from mmrobust.attacks.gradient import GradientAttack, Objective
+from mmrobust.attacks.gradient import GradientAttack, Objective, _pick, best_of_runs
+from mmrobust.attacks.threat import _per_sample
 from mmrobust.errors import InputError
 
 MOMENTUM = 0.75  # α of the paper (weight of the new step; 1 − α goes to the previous move)
@@ -41,8 +43,7 @@ def checkpoints(steps: int) -> tuple[int, ...]:
     Raises:
         InputError: if ``steps`` is not an integer >= 1.
     """
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-        raise InputError(f"apgd: steps must be an integer >= 1, got {steps!r}")
+    check_int(steps, "apgd", "steps")
     out = [0]
     p_prev, p = 0.0, 0.22
     while True:
@@ -154,13 +155,10 @@ class APGD(GradientAttack):
         token_surface: str | None = None,
     ) -> None:
         super().__init__(modalities, eps=eps, norm=norm, budget=budget, loss=loss, token_surface=token_surface)
-        checkpoints(steps)  # validates steps
-        if isinstance(restarts, bool) or not isinstance(restarts, numbers.Integral) or restarts < 1:
-            raise InputError(f"apgd: restarts must be an integer >= 1, got {restarts!r}")
-        if not isinstance(random_start, bool):
-            raise InputError(f"apgd: random_start must be True or False, got {random_start!r}")
-        if restarts > 1 and not random_start:
-            raise InputError("apgd: restarts > 1 without random_start would repeat the same run; set random_start=True")
+        self.steps = check_int(steps, "apgd", "steps")
+        self.restarts = check_int(restarts, "apgd", "restarts")
+        self.random_start = check_flag(random_start, "apgd", "random_start")
+        check_restarts(self.restarts, random_start, "apgd")
         if (
             isinstance(rho, bool)
             or not isinstance(rho, numbers.Real)
@@ -168,9 +166,6 @@ class APGD(GradientAttack):
             or not 0.0 <= float(rho) <= 1.0
         ):
             raise InputError(f"apgd: rho must be a number in [0, 1], got {rho!r}")
-        self.steps = int(steps)
-        self.restarts = int(restarts)
-        self.random_start = random_start
         self.rho = float(rho)
 
     def params(self) -> dict[str, Any]:
@@ -217,7 +212,7 @@ class APGD(GradientAttack):
                 break
             d = threat.direction(grad, masks)
             z = threat.project(
-                {m: x[m] + _rows(2.0 * threat.eps[m] * scale, x[m]) * d[m] for m in x}, obj.origin, masks
+                {m: x[m] + _per_sample(2.0 * threat.eps[m] * scale, x[m]) * d[m] for m in x}, obj.origin, masks
             )
             if t == 1:
                 new = z
@@ -265,26 +260,11 @@ class APGD(GradientAttack):
         )
 
     def _perturb(self, obj: Objective, ctx: EvalContext) -> tuple[dict[str, Tensor], Tensor, Tensor]:
-        threat = obj.threat
-        best: dict[str, Tensor] = {}
-        best_loss = best_success = None
-        for _ in range(self.restarts):
-            if self.random_start:
-                start = threat.random_start(obj.origin, ctx.generator, obj.masks)
-            else:
-                start = {m: o.clone() for m, o in obj.origin.items()}
-            r = self.run(obj, start)
-            if best_loss is None or best_success is None:
-                best, best_loss, best_success = r.x, r.loss, r.success
-            else:
-                take = ~best_success & (r.success | (r.loss > best_loss))
-                best = _pick(take, r.x, best)
-                best_loss = torch.where(take, r.loss, best_loss)
-                best_success = best_success | r.success
-            if bool(best_success.all()):
-                break
-        assert best_loss is not None and best_success is not None
-        return best, best_loss, best_success
+        def one() -> tuple[dict[str, Tensor], Tensor, Tensor]:
+            r = self.run(obj, obj.start(self.random_start, ctx.generator))
+            return r.x, r.loss, r.success
+
+        return best_of_runs(self.restarts, one)
 
 
 def halving(
@@ -313,13 +293,3 @@ def halving(
         (N,) bool, halve η (and restart from the best point).
     """
     return (increases.double() < rho * interval) | (~halved_at_last & (best_loss <= best_at_last))
-
-
-def _rows(v: Tensor, like: Tensor) -> Tensor:
-    """(N,) values reshaped to broadcast over ``like`` (N, ...)."""
-    return v.to(like).reshape(-1, *([1] * (like.dim() - 1)))
-
-
-def _pick(flags: Tensor, a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Per sample, ``a`` where ``flags`` else ``b`` (dicts of (N, ...) tensors)."""
-    return {m: torch.where(flags.reshape(-1, *([1] * (b[m].dim() - 1))), a[m], b[m]) for m in b}

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mmrobust.attacks._checks import check_batch, check_int, check_positive
 from mmrobust.attacks.base import Condition, ConditionOutput, EvalContext
 from mmrobust.attacks.gradient import attack_mode
 from mmrobust.attacks.missing import fill_modality
@@ -249,32 +250,12 @@ class Decoupling(Condition):
         _choice(fill, REFERENCE_FILLS, "fill")
         if isinstance(rho_max, bool) or not isinstance(rho_max, numbers.Real) or not 0 < float(rho_max) <= 1:
             raise InputError(f"decoupling: rho_max must be a fraction in (0, 1], got {rho_max!r}")
-        if isinstance(s0, bool) or not isinstance(s0, numbers.Integral) or s0 < 1:
-            raise InputError(f"decoupling: s0 must be an integer >= 1 (coordinates in the first round), got {s0!r}")
-        if (
-            isinstance(growth, bool)
-            or not isinstance(growth, numbers.Real)
-            or not math.isfinite(float(growth))
-            or float(growth) <= 1
-        ):
-            raise InputError(f"decoupling: growth must be a finite number > 1, got {growth!r}")
-        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
-            raise InputError(f"decoupling: steps must be an integer >= 0, got {steps!r}")
-        if (
-            isinstance(step_size, bool)
-            or not isinstance(step_size, numbers.Real)
-            or not math.isfinite(float(step_size))
-            or float(step_size) <= 0
-        ):
-            raise InputError(
-                f"decoupling: step_size must be a finite number > 0 (a fraction of the range), got {step_size!r}"
-            )
+        self.s0 = check_int(s0, "decoupling", "s0", note=" (coordinates in the first round)")
+        self.growth = check_positive(growth, "decoupling", "growth", above=1.0)
+        self.steps = check_int(steps, "decoupling", "steps", minimum=0)
+        self.step_size = check_positive(step_size, "decoupling", "step_size", note=" (a fraction of the range)")
         self.objective = objective
         self.rho_max = float(rho_max)
-        self.s0 = int(s0)
-        self.growth = float(growth)
-        self.steps = int(steps)
-        self.step_size = float(step_size)
         self.search = search
         self.v0 = v0
         self.distance = distance
@@ -586,24 +567,8 @@ def _range(spec: Any, like: Tensor, ctx: EvalContext) -> tuple[Tensor, Tensor]:
 
 def _validate(model: Any, x: Mapping[str, Tensor], y: object, mods: Sequence[str]) -> int:
     """Validate the clean batch and labels once; the batch size."""
-    n = model.spec.validate_batch(x)
-    if not isinstance(y, Tensor) or y.dim() != 1 or y.shape[0] != n:
-        shape = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
-        raise InputError(f"decoupling: labels must be a tensor of shape ({n},) matching the batch, got {shape}")
-    if y.dtype.is_floating_point or y.dtype == torch.bool or y.dtype.is_complex:
-        raise InputError(f"decoupling: labels must be integer class ids, got dtype {y.dtype}")
-    if n and (int(y.min()) < 0 or int(y.max()) >= model.num_classes):
-        raise InputError(
-            f"decoupling: labels must lie in [0, {model.num_classes}), got [{int(y.min())}, {int(y.max())}]"
-        )
-    for m in mods:
-        lo, hi, t = model.spec[m].low, model.spec[m].high, x[m]
-        if n and ((lo is not None and float(t.min()) < lo) or (hi is not None and float(t.max()) > hi)):
-            raise InputError(
-                f"decoupling: modality {m!r}: clean inputs lie in [{float(t.min()):g}, {float(t.max()):g}], outside "
-                f"the valid range [{lo}, {hi}] of its spec"
-            )
-    return n
+    bounds = {m: (model.spec[m].low, model.spec[m].high) for m in mods}
+    return check_batch(model, x, y, bounds, prefix="decoupling: ")
 
 
 def _choice(value: object, allowed: tuple[str, ...], what: str) -> None:

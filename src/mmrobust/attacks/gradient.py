@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmrobust.attacks._checks import check_batch
 from mmrobust.attacks.base import Condition, ConditionOutput, EvalContext
 from mmrobust.attacks.threat import ResolvedThreat, ThreatModel
 from mmrobust.errors import InputError, UnsupportedError
@@ -172,6 +173,12 @@ class Objective:
             loss = self.loss_fn(logits, self.y)
             grads = torch.autograd.grad(loss.sum(), list(leaves.values()))
         return loss.detach(), logits.detach(), dict(zip(leaves, grads, strict=True))
+
+    def start(self, random: bool, generator: torch.Generator | None) -> dict[str, Tensor]:
+        """Start point of a run: a uniform random point of the ball (``random``), else the clean variables."""
+        if random:
+            return self.threat.random_start(self.origin, generator, self.masks)
+        return {m: o.clone() for m, o in self.origin.items()}
 
     @torch.no_grad()
     def score(self, adv: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -394,21 +401,41 @@ def _rows(flags: Tensor, like: Tensor) -> Tensor:
     return flags.reshape(-1, *([1] * (like.dim() - 1)))
 
 
+def _pick(flags: Tensor, a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Per sample, ``a`` where ``flags`` else ``b`` (dicts of (N, ...) tensors)."""
+    return {m: torch.where(_rows(flags, b[m]), a[m], b[m]) for m in b}
+
+
+def best_of_runs(
+    runs: int, run: Callable[[], tuple[dict[str, Tensor], Tensor, Tensor]]
+) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    """Per sample, the first successful run's result, or else the one with the highest loss.
+
+    Args:
+        runs: Most calls of ``run`` (restarts); it stops early once every sample has succeeded.
+        run: One attack run, returning ``(adv, loss, success)``: ``{m: (N, ...)}``, (N,) and (N,) bool.
+
+    Returns:
+        The kept ``(adv, loss, success)``.
+    """
+    best, best_loss, best_success = run()
+    for _ in range(runs - 1):
+        if bool(best_success.all()):
+            break
+        adv, loss, success = run()
+        take = ~best_success & (success | (loss > best_loss))
+        best = _pick(take, adv, best)
+        best_loss = torch.where(take, loss, best_loss)
+        best_success = best_success | success
+    return best, best_loss, best_success
+
+
 def _validate(model: Any, x: Mapping[str, Tensor], y: object, threat: ResolvedThreat) -> None:
     """Validate the clean batch once (inner loops then skip the checks)."""
-    n = model.spec.validate_batch(x)
-    if not isinstance(y, Tensor) or y.dim() != 1 or y.shape[0] != n:
-        shape = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
-        raise InputError(f"labels must be a tensor of shape ({n},) matching the batch, got {shape}")
-    if y.dtype.is_floating_point or y.dtype == torch.bool or y.dtype.is_complex:
-        raise InputError(f"labels must be integer class ids, got dtype {y.dtype}")
-    if n and (int(y.min()) < 0 or int(y.max()) >= model.num_classes):
-        raise InputError(f"labels must lie in [0, {model.num_classes}), got [{int(y.min())}, {int(y.max())}]")
-    for m in threat.modalities:
-        lo, hi = threat.low[m], threat.high[m]
-        t = x[m]
-        if n and ((lo is not None and float(t.min()) < lo) or (hi is not None and float(t.max()) > hi)):
-            raise InputError(
-                f"modality {m!r}: clean inputs lie in [{float(t.min()):g}, {float(t.max()):g}], outside the valid "
-                f"range [{lo}, {hi}] of its spec; an attack within that range cannot start from them"
-            )
+    check_batch(
+        model,
+        x,
+        y,
+        {m: (threat.low[m], threat.high[m]) for m in threat.modalities},
+        range_note="; an attack within that range cannot start from them",
+    )

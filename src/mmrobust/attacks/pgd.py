@@ -8,16 +8,15 @@ arXiv 1608.04644) and ``dlr`` (Croce & Hein, arXiv 2003.01690); see
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
+from mmrobust.attacks._checks import alpha_param, check_alpha, check_int, check_restarts, given_step_sizes
 from mmrobust.attacks.base import EvalContext
-from mmrobust.attacks.gradient import GradientAttack, Objective, _rows
+from mmrobust.attacks.gradient import GradientAttack, Objective, _pick, best_of_runs
 from mmrobust.attacks.threat import ResolvedThreat
 from mmrobust.errors import InputError
 
@@ -86,46 +85,21 @@ class PGD(GradientAttack):
         token_surface: str | None = None,
     ) -> None:
         super().__init__(modalities, eps=eps, norm=norm, budget=budget, loss=loss, token_surface=token_surface)
-        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-            raise InputError(f"pgd: steps must be an integer >= 1, got {steps!r}")
-        if isinstance(restarts, bool) or not isinstance(restarts, numbers.Integral) or restarts < 1:
-            raise InputError(f"pgd: restarts must be an integer >= 1, got {restarts!r}")
+        self.steps = check_int(steps, "pgd", "steps")
+        self.restarts = check_int(restarts, "pgd", "restarts")
         if not isinstance(random_start, bool) or not isinstance(early_stop, bool):
             raise InputError("pgd: random_start and early_stop must be True or False")
-        if restarts > 1 and not random_start:
-            raise InputError("pgd: restarts > 1 without random_start would repeat the same run; set random_start=True")
-        self.steps = int(steps)
-        self.restarts = int(restarts)
+        check_restarts(self.restarts, random_start, "pgd")
         self.random_start = random_start
         self.early_stop = early_stop
-        self.alpha = self._check_alpha(alpha)
-
-    def _check_alpha(self, alpha: object) -> float | dict[str, float] | None:
-        if alpha is None:
-            return None
-        if isinstance(alpha, Mapping):
-            if self.budget == "joint":
-                raise InputError("pgd: a joint budget takes one step size alpha (a float), not a dict")
-            out = {str(m): _positive(v, f"alpha for modality {m!r}") for m, v in alpha.items()}
-            if not isinstance(self.threat.modalities, str) and set(out) != set(self.threat.modalities):
-                raise InputError(
-                    f"pgd: alpha must give one step per attacked modality {self.threat.modalities}, got {out}"
-                )
-            return out
-        return _positive(alpha, "alpha")
+        self.alpha = check_alpha(alpha, "pgd", self.budget, self.threat.modalities)
 
     def params(self) -> dict[str, Any]:
         """Threat model, loss and the PGD schedule (``alpha="auto"`` means 2.5·ε/T)."""
-        if self.alpha is None:
-            alpha: Any = "auto"
-        elif isinstance(self.alpha, dict):
-            alpha = "/".join(f"{k}:{v:g}" for k, v in self.alpha.items())
-        else:
-            alpha = self.alpha
         return {
             **super().params(),
             "steps": self.steps,
-            "alpha": alpha,
+            "alpha": alpha_param(self.alpha),
             "random_start": self.random_start,
             "restarts": self.restarts,
             "early_stop": self.early_stop,
@@ -142,20 +116,12 @@ class PGD(GradientAttack):
                     for m in threat.modalities
                 }
             return {m: 2.5 * threat.eps[m] / self.steps for m in threat.modalities}
-        if isinstance(self.alpha, dict):
-            missing = [m for m in threat.modalities if m not in self.alpha]
-            if missing:
-                raise InputError(f"pgd: alpha has no step for attacked modality {missing}")
-            return {m: self.alpha[m] for m in threat.modalities}
-        return dict.fromkeys(threat.modalities, self.alpha)
+        return given_step_sizes(self.alpha, threat.modalities, "pgd")
 
     def _run(self, obj: Objective, ctx: EvalContext, alpha: dict[str, float]) -> dict[str, Tensor]:
         """One PGD run; returns the last iterate (with early stop: per sample, the first misclassified)."""
         threat = obj.threat
-        if self.random_start:
-            adv = threat.random_start(obj.origin, ctx.generator, obj.masks)
-        else:
-            adv = {m: o.clone() for m, o in obj.origin.items()}
+        adv = obj.start(self.random_start, ctx.generator)
         frozen = torch.zeros_like(obj.y, dtype=torch.bool)
         for _ in range(self.steps):
             _, logits, grads = obj.loss_and_grad(adv)
@@ -165,31 +131,16 @@ class PGD(GradientAttack):
                     break
             new = threat.step(adv, obj.origin, grads, alpha, obj.masks)
             if self.early_stop:
-                new = {m: torch.where(_rows(frozen, new[m]), adv[m], new[m]) for m in new}
+                new = _pick(frozen, adv, new)
             adv = new
         return adv
 
     def _perturb(self, obj: Objective, ctx: EvalContext) -> tuple[dict[str, Tensor], Tensor, Tensor]:
         alpha = self.step_sizes(obj.threat)
-        best: dict[str, Tensor] = {}
-        best_loss = best_success = None
-        for _ in range(self.restarts):
+
+        def run() -> tuple[dict[str, Tensor], Tensor, Tensor]:
             adv = self._run(obj, ctx, alpha)
             loss, success = obj.score(adv)
-            if best_loss is None or best_success is None:
-                best, best_loss, best_success = adv, loss, success
-            else:
-                take = ~best_success & (success | (loss > best_loss))
-                best = {m: torch.where(_rows(take, adv[m]), adv[m], best[m]) for m in best}
-                best_loss = torch.where(take, loss, best_loss)
-                best_success = best_success | success
-            if bool(best_success.all()):
-                break
-        assert best_loss is not None and best_success is not None
-        return best, best_loss, best_success
+            return adv, loss, success
 
-
-def _positive(v: object, what: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(float(v)) or float(v) <= 0:
-        raise InputError(f"pgd: {what} must be a finite number > 0, got {v!r}")
-    return float(v)
+        return best_of_runs(self.restarts, run)

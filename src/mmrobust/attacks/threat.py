@@ -173,7 +173,9 @@ class ResolvedThreat:
         modalities: Attacked modality names, in the model's order.
         norm: ``linf`` or ``l2``.
         budget: ``per_modality`` or ``joint``.
-        eps: ``{m: ε_m}``; for a joint budget every entry is the joint radius ε.
+        eps: ``{m: ε_m}``; for a joint budget every entry is the joint radius ε. An entry may be an
+            (N,) tensor of per-sample radii (e.g. :mod:`mmrobust.metrics.minimal_eps`): projection,
+            steps and random starts then work per sample.
         surface: ``{m: "input" | "embedding"}``: what is perturbed (raw values or token embeddings).
         low: ``{m: lower bound}`` of the valid range (``None`` for unbounded and for embeddings).
         high: ``{m: upper bound}`` of the valid range.
@@ -269,12 +271,14 @@ class ResolvedThreat:
         adv: Mapping[str, Tensor],
         origin: Mapping[str, Tensor],
         grads: Mapping[str, Tensor],
-        step_size: Mapping[str, float],
+        step_size: Mapping[str, float | Tensor],
         masks: Mapping[str, Tensor] | None = None,
     ) -> dict[str, Tensor]:
-        """One projected ascent step: ``project(x' + α_m · direction(∇))``."""
+        """One projected ascent step: ``project(x' + α_m · direction(∇))``; α_m a float or (N,) per sample."""
         d = self.direction(grads, masks)
-        return self.project({m: adv[m] + step_size[m] * d[m] for m in self.modalities}, origin, masks)
+        return self.project(
+            {m: adv[m] + _per_sample(step_size[m], adv[m]) * d[m] for m in self.modalities}, origin, masks
+        )
 
     def random_start(
         self,
@@ -287,7 +291,7 @@ class ResolvedThreat:
         ℓ∞: every coordinate uniform in [−ε_m, ε_m]. ℓ2: uniform in the volume of the ball (a
         Gaussian direction and radius ε·u^{1/d}, d the number of perturbable coordinates; over the
         concatenation for ``joint``). Random numbers are drawn on the CPU from ``generator``, so
-        the start is reproducible on any device.
+        the start is reproducible on any device. Radii ``eps[m]`` may be (N,) tensors (one per sample).
 
         Args:
             origin: Clean variables ``{m: (N, ...)}``.
@@ -320,10 +324,10 @@ class ResolvedThreat:
                 adv[m] = torch.where(pick, value, o)
             return adv
         if self.norm == "linf":
-            deltas = {
-                m: _masked((2 * draw(origin[m].shape, True, origin[m]) - 1) * self.eps[m], masks.get(m))
-                for m in self.modalities
-            }
+            deltas = {}
+            for m in self.modalities:
+                o = origin[m]
+                deltas[m] = _masked((2 * draw(o.shape, True, o) - 1) * _per_sample(self.eps[m], o), masks.get(m))
             return self.project({m: origin[m] + deltas[m] for m in self.modalities}, origin, masks)
         dirs = {m: _masked(draw(origin[m].shape, False, origin[m]), masks.get(m)) for m in self.modalities}
         dims = {m: _free_coordinates(origin[m], masks.get(m)) for m in self.modalities}

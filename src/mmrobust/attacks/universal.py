@@ -11,7 +11,6 @@ the end, and every intermediate norm is recorded in :attr:`Universal.trace_`.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any, ClassVar
@@ -19,6 +18,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from mmrobust.attacks._checks import alpha_param, check_alpha, check_flag, check_int, given_step_sizes
 from mmrobust.attacks.base import EvalContext
 from mmrobust.attacks.gradient import LOSSES, GradientAttack, Objective, _validate, attack_mode
 from mmrobust.attacks.threat import ResolvedThreat, clip_to_range, project_ball
@@ -111,44 +111,22 @@ class Universal(GradientAttack):
         token_surface: str | None = None,
     ) -> None:
         super().__init__(modalities, eps=eps, norm=norm, budget=budget, loss=loss, token_surface=token_surface)
-        self.epochs = _positive_int(epochs, "epochs")
-        self.steps = _positive_int(steps, "steps")
-        self.batch_size = _positive_int(batch_size, "batch_size")
-        if not isinstance(random_start, bool):
-            raise InputError(f"universal: random_start must be True or False, got {random_start!r}")
-        self.random_start = random_start
-        self.alpha = self._check_alpha(alpha)
+        self.epochs = check_int(epochs, "universal", "epochs")
+        self.steps = check_int(steps, "universal", "steps")
+        self.batch_size = check_int(batch_size, "universal", "batch_size")
+        self.random_start = check_flag(random_start, "universal", "random_start")
+        self.alpha = check_alpha(alpha, "universal", self.budget, self.threat.modalities)
         self.delta_: dict[str, Tensor] | None = None
         self.fitted_by_: str | None = None
         self.trace_: dict[str, Tensor] = {}
 
-    def _check_alpha(self, alpha: object) -> float | dict[str, float] | None:
-        if alpha is None:
-            return None
-        if isinstance(alpha, Mapping):
-            if self.budget == "joint":
-                raise InputError("universal: a joint budget takes one step size alpha (a float), not a dict")
-            out = {str(m): _positive_float(v, f"alpha for modality {m!r}") for m, v in alpha.items()}
-            if not isinstance(self.threat.modalities, str) and set(out) != set(self.threat.modalities):
-                raise InputError(
-                    f"universal: alpha must give one step per attacked modality {self.threat.modalities}, got {out}"
-                )
-            return out
-        return _positive_float(alpha, "alpha")
-
     def params(self) -> dict[str, Any]:
         """Threat model, loss and the fitting schedule (``alpha="auto"`` means 2.5·ε/T)."""
-        if self.alpha is None:
-            alpha: Any = "auto"
-        elif isinstance(self.alpha, dict):
-            alpha = "/".join(f"{k}:{v:g}" for k, v in self.alpha.items())
-        else:
-            alpha = self.alpha
         return {
             **super().params(),
             "epochs": self.epochs,
             "steps": self.steps,
-            "alpha": alpha,
+            "alpha": alpha_param(self.alpha),
             "batch_size": self.batch_size,
             "random_start": self.random_start,
         }
@@ -255,12 +233,7 @@ class Universal(GradientAttack):
         """Step size α_m per attacked modality (2.5·ε_m/T unless given)."""
         if self.alpha is None:
             return {m: 2.5 * threat.eps[m] / updates for m in threat.modalities}
-        if isinstance(self.alpha, dict):
-            missing = [m for m in threat.modalities if m not in self.alpha]
-            if missing:
-                raise InputError(f"universal: alpha has no step for attacked modality {missing}")
-            return {m: self.alpha[m] for m in threat.modalities}
-        return dict.fromkeys(threat.modalities, self.alpha)
+        return given_step_sizes(self.alpha, threat.modalities, "universal")
 
     def _init_delta(
         self, model: Any, threat: ResolvedThreat, x: Mapping[str, Tensor], generator: torch.Generator
@@ -342,15 +315,3 @@ class Universal(GradientAttack):
             adv = self._perturbed(obj, delta)
         loss, success = obj.score(adv)
         return adv, loss, success
-
-
-def _positive_int(v: object, what: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-        raise InputError(f"universal: {what} must be an integer >= 1, got {v!r}")
-    return int(v)
-
-
-def _positive_float(v: object, what: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(float(v)) or float(v) <= 0:
-        raise InputError(f"universal: {what} must be a finite number > 0, got {v!r}")
-    return float(v)

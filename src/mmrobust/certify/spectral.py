@@ -81,7 +81,7 @@ def conv_geometry(conv: nn.Module, input_shape: Sequence[int]) -> dict[str, tupl
 def conv_apply(conv: nn.Module, x: Tensor, weight: Tensor | None = None) -> Tensor:
     """The linear part of ``conv`` (no bias) on a batch x (B, C_in, *spatial); ``weight`` overrides."""
     g = conv_geometry(conv, x.shape[1:])
-    w = conv.weight if weight is None else weight
+    w = conv.weight.detach() if weight is None else weight
     return _CONV[len(g["kernel"])](x, w.to(x), None, g["stride"], g["padding"], g["dilation"], conv.groups)
 
 
@@ -91,7 +91,7 @@ def conv_adjoint(conv: nn.Module, y: Tensor, input_shape: Sequence[int], weight:
     ``conv_transpose`` with the output padding that restores the input size.
     """
     g = conv_geometry(conv, input_shape)
-    w = conv.weight if weight is None else weight
+    w = conv.weight.detach() if weight is None else weight
     out_pad = tuple(
         n - ((o - 1) * s - 2 * p + d * (k - 1) + 1)
         for n, o, s, p, d, k in zip(

@@ -75,6 +75,12 @@ def _positive_int(name: str, v: Any) -> int:
     return int(v)
 
 
+def _check_seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+        raise InputError(f"seed must be an integer, got {seed!r}")
+    return int(seed)
+
+
 def _check_matrix(name: str, z: Any, n: int | None = None) -> Tensor:
     if not isinstance(z, Tensor):
         raise InputError(f"{name} must be a torch.Tensor of shape (N, D), got {type(z).__name__}")
@@ -363,9 +369,7 @@ def convexity(
     zs, n = _as_space(z, space)
     labels, num_classes = _check_labels(labels, n, num_classes)
     if generator is None:
-        if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
-            raise InputError(f"seed must be an integer, got {seed!r}")
-        generator = torch.Generator().manual_seed(int(seed))
+        generator = torch.Generator().manual_seed(_check_seed(seed))
     a, b, lam, cls = sample_class_pairs(labels, pairs_per_class, generator, num_classes)
     if a.numel() == 0:
         raise InputError("convexity needs at least one class with 2 or more samples")
@@ -558,14 +562,17 @@ def density(
     per_class = np.array([
         float(np.median(rho_np[lab == c])) if n_c >= 2 else math.nan for c, n_c in enumerate(counts.tolist())
     ])
-    knn_any_np = knn_any.double().cpu().numpy()
-    knn_any_np[k_point.cpu().numpy() == 0] = math.nan
-    knn_same_np = knn_same.double().cpu().numpy()
-    knn_same_np[k_point.cpu().numpy() == 0] = math.nan
+    alone = k_point.cpu().numpy() == 0  # singleton classes: no neighbours
+
+    def per_point(t: Tensor) -> np.ndarray:
+        out = t.double().cpu().numpy()
+        out[alone] = math.nan
+        return out
+
     return DensityResult(
         rho=rho_np,
-        knn_any=knn_any_np,
-        knn_same=knn_same_np,
+        knn_any=per_point(knn_any),
+        knn_same=per_point(knn_same),
         per_class=per_class,
         counts=counts.numpy(),
         frequency=counts.double().numpy() / max(n, 1),
@@ -734,8 +741,7 @@ def geometry_report(
         raise InputError(f"duplicate spaces: {spaces}")
     if not spaces:
         raise InputError("spaces must name at least one space")
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
-        raise InputError(f"seed must be an integer, got {seed!r}")
+    seed = _check_seed(seed)
     batch_size = _positive_int("batch_size", batch_size)
     _positive_int("pairs_per_class", pairs_per_class)
     _positive_int("k", k)

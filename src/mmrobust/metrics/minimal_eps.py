@@ -31,15 +31,16 @@ import copy
 import math
 import numbers
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from mmrobust.attacks._checks import check_positive
 from mmrobust.attacks.base import Condition, EvalContext
 from mmrobust.attacks.gradient import LOSSES, GradientAttack, Objective, _validate, attack_mode
-from mmrobust.attacks.threat import ResolvedThreat, ThreatModel
+from mmrobust.attacks.threat import ThreatModel
 from mmrobust.errors import InputError
 from mmrobust.metrics.base import Metric
 
@@ -130,53 +131,7 @@ class MinimalEpsResult:
         )
 
 
-# ------------------------------------------------------------------------------------------ per-sample threat
-def _rows(v: Any, like: Tensor) -> Any:
-    """An (N,) tensor reshaped to broadcast against ``like`` (N, ...); scalars as they are."""
-    if isinstance(v, Tensor) and v.dim() == 1:
-        return v.to(like).reshape(-1, *([1] * (like.dim() - 1)))
-    return v
-
-
-@dataclass(frozen=True)
-class _PerSampleThreat(ResolvedThreat):
-    """A resolved threat whose radii ``eps[m]`` are (N,) tensors, one per sample.
-
-    :func:`~mmrobust.attacks.threat.project_ball` already takes (N,) radii; this class makes the
-    steps (whose sizes the attacks derive from ε) and the ℓ∞ random start per-sample too.
-    """
-
-    def step(
-        self,
-        adv: Mapping[str, Tensor],
-        origin: Mapping[str, Tensor],
-        grads: Mapping[str, Tensor],
-        step_size: Mapping[str, Any],
-        masks: Mapping[str, Tensor] | None = None,
-    ) -> dict[str, Tensor]:
-        sizes = {m: _rows(step_size[m], adv[m]) for m in self.modalities}
-        return super().step(adv, origin, grads, sizes, masks)
-
-    def random_start(
-        self,
-        origin: Mapping[str, Tensor],
-        generator: torch.Generator | None = None,
-        masks: Mapping[str, Tensor] | None = None,
-    ) -> dict[str, Tensor]:
-        if self.norm == "linf":  # the ℓ∞ start scales a (N, ...) draw by ε_m: give ε_m that shape
-            state = {f.name: getattr(self, f.name) for f in fields(ResolvedThreat)}
-            shaped = ResolvedThreat(**{**state, "eps": {m: _rows(self.eps[m], origin[m]) for m in self.modalities}})
-            return shaped.random_start(origin, generator, masks)
-        return super().random_start(origin, generator, masks)
-
-
 # ------------------------------------------------------------------------------------------ search
-def _positive(v: object, what: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(float(v)) or float(v) <= 0:
-        raise InputError(f"minimal_eps: {what} must be a finite number > 0, got {v!r}")
-    return float(v)
-
-
 class MinimalEpsSearch:
     """Per-sample minimal adversarial ε by bisection, batched over samples.
 
@@ -222,7 +177,7 @@ class MinimalEpsSearch:
         mode: str = "auto",
         **attack_kwargs: Any,
     ) -> None:
-        self.eps_max = _positive(eps_max, "eps_max")
+        self.eps_max = check_positive(eps_max, "minimal_eps", "eps_max")
         if (
             isinstance(iterations, bool)
             or not isinstance(iterations, numbers.Integral)
@@ -232,7 +187,7 @@ class MinimalEpsSearch:
                 f"minimal_eps: iterations must be an integer in [1, {_MAX_ITERATIONS}], got {iterations!r}"
             )
         self.iterations = int(iterations)
-        self.tol = None if tol is None else _positive(tol, "tol")
+        self.tol = None if tol is None else check_positive(tol, "minimal_eps", "tol")
         if mode not in MODES:
             raise InputError(f"minimal_eps: mode must be one of {MODES}, got {mode!r}")
         if "eps" in attack_kwargs:
@@ -283,7 +238,7 @@ class MinimalEpsSearch:
             return None
         if not isinstance(weights, Mapping) or not weights:
             raise InputError(f"minimal_eps: weights must be a non-empty {{modality: weight}} dict, got {weights!r}")
-        return {str(m): _positive(w, f"weight of {m!r}") for m, w in weights.items()}
+        return {str(m): check_positive(w, "minimal_eps", f"weight of {m!r}") for m, w in weights.items()}
 
     def _eps_arg(self, eps: float) -> float | dict[str, float]:
         return eps if self.weights is None else {m: eps * w for m, w in self.weights.items()}
@@ -459,8 +414,7 @@ class MinimalEpsSearch:
             m: (eps * (1.0 if self.weights is None else self.weights[m])).to(device=y.device, dtype=dtype)
             for m in base.modalities
         }
-        state = {f.name: getattr(base, f.name) for f in fields(ResolvedThreat)}
-        threat = _PerSampleThreat(**{**state, "eps": radii})
+        threat = replace(base, eps=radii)  # (N,) radii: the threat's geometry works per sample
         with attack_mode(model):
             _validate(model, x, y, threat)
             obj = Objective(model, x, y, threat, LOSSES[attack.loss])

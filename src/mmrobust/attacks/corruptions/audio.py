@@ -30,11 +30,9 @@ from torch import Tensor
 
 from mmrobust.attacks.corruptions.base import (
     CorruptionKind,
-    band,
     bounded,
-    centres,
     clip,
-    nested_sizes,
+    per_sample,
     rand,
     randn,
     register_kind,
@@ -66,6 +64,11 @@ def silence(spec: ModalitySpec) -> float:
     return v
 
 
+def silenced(x: Tensor, mask: Tensor, spec: ModalitySpec) -> Tensor:
+    """``x`` with :func:`silence` where ``mask`` (broadcastable to ``x``) is True."""
+    return torch.where(mask, torch.full_like(x, silence(spec)), x)
+
+
 def to_power(v: Tensor, spec: ModalitySpec) -> Tensor:
     """Normalised log-mel values -> power (1 = 0 dB), in float64 for a clean round trip."""
     assert spec.high is not None
@@ -85,7 +88,7 @@ def mix_power(x: Tensor, noise: Tensor, snr_db: float, spec: ModalitySpec) -> Te
     p = to_power(x, spec)
     ps = p.flatten(1).mean(1)
     pn = noise.double().flatten(1).mean(1).clamp_min(1e-30)
-    scale = (ps / pn / 10.0 ** (snr_db / 10.0)).view(-1, *([1] * (x.dim() - 1)))
+    scale = per_sample(ps / pn / 10.0 ** (snr_db / 10.0), x)
     return clip(from_power(p + scale * noise.double(), spec), spec).to(x.dtype)
 
 
@@ -93,7 +96,7 @@ def mix_wave(x: Tensor, noise: Tensor, snr_db: float, spec: ModalitySpec) -> Ten
     """Add waveform ``noise`` to ``x`` scaled to ``snr_db`` per sample (signal power = mean x²), clipped."""
     ps = x.float().pow(2).flatten(1).mean(1)
     pn = noise.float().pow(2).flatten(1).mean(1).clamp_min(1e-30)
-    scale = (ps / pn / 10.0 ** (snr_db / 10.0)).sqrt().view(-1, *([1] * (x.dim() - 1)))
+    scale = per_sample((ps / pn / 10.0 ** (snr_db / 10.0)).sqrt(), x)
     return clip(x.float() + scale * noise.float(), spec).to(x.dtype)
 
 
@@ -150,13 +153,13 @@ class TimeShift(AudioKind):
         """See the class docstring."""
         n, t = x.shape[0], x.shape[-1]
         sign = torch.where(rand((n,), generator, x) < 0.5, -1, 1)
-        shift = sign * nested_sizes(t, self.levels)[severity - 1]  # (N,)
+        shift = sign * self.size(t, severity)  # (N,)
         src = torch.arange(t, device=x.device)[None, :] - shift[:, None]  # (N, T)
         valid = (src >= 0) & (src < t)
         lead = (n, *([1] * (x.dim() - 2)), t)
         idx = src.clamp(0, t - 1).view(lead).expand_as(x)
         out = torch.gather(x, -1, idx)
-        return torch.where(valid.view(lead), out, torch.full_like(out, silence(spec)))
+        return silenced(out, ~valid.view(lead), spec)
 
 
 @register_kind
@@ -175,7 +178,7 @@ class Gain(AudioKind):
     def corrupt(self, x: Tensor, spec: ModalitySpec, severity: int, generator: torch.Generator) -> Tensor:
         """See the class docstring."""
         n = x.shape[0]
-        sign = torch.where(rand((n,), generator, x) < 0.5, -1.0, 1.0).view(n, *([1] * (x.dim() - 1)))
+        sign = per_sample(torch.where(rand((n,), generator, x) < 0.5, -1.0, 1.0), x)
         g = sign * self.level(severity)
         if is_spectrogram(spec):
             return clip(x + g / TOP_DB * value_range(spec), spec).to(x.dtype)
@@ -199,9 +202,8 @@ class TimeMask(AudioKind):
         """See the class docstring."""
         n, t = x.shape[0], x.shape[-1]
         u = rand((n,), generator, x)
-        mask = band(centres(u, t), nested_sizes(t, self.levels)[severity - 1], t)
-        mask = mask.view(n, *([1] * (x.dim() - 2)), t)
-        return torch.where(mask, torch.full_like(x, silence(spec)), x)
+        mask = self.band_mask(u, t, severity).view(n, *([1] * (x.dim() - 2)), t)
+        return silenced(x, mask, spec)
 
 
 @register_kind
@@ -225,13 +227,12 @@ class FreqMask(AudioKind):
         u = rand((n,), generator, x)
         if is_spectrogram(spec):
             f = x.shape[-2]
-            mask = band(centres(u, f), nested_sizes(f, self.levels)[severity - 1], f)
-            mask = mask.view(n, *([1] * (x.dim() - 3)), f, 1)
-            return torch.where(mask, torch.full_like(x, silence(spec)), x)
+            mask = self.band_mask(u, f, severity).view(n, *([1] * (x.dim() - 3)), f, 1)
+            return silenced(x, mask, spec)
         t = x.shape[-1]
         spectrum = torch.fft.rfft(x.float(), dim=-1)
         nb = spectrum.shape[-1]
-        mask = band(centres(u, nb), nested_sizes(nb, self.levels)[severity - 1], nb)
+        mask = self.band_mask(u, nb, severity)
         spectrum = spectrum.masked_fill(mask.view(n, *([1] * (x.dim() - 2)), nb), 0)
         return clip(torch.fft.irfft(spectrum, n=t, dim=-1), spec).to(x.dtype)
 

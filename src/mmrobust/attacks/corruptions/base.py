@@ -67,6 +67,21 @@ class CorruptionKind(ABC):
         """The parameter of ``severity`` (1..5)."""
         return self.levels[severity - 1]
 
+    def size(self, length: int, severity: int) -> int:
+        """Size along an axis of ``length`` (patch side, mask width, shift) at ``severity``.
+
+        ``levels`` are fractions of the axis; the sizes are made nested over the severities
+        (:func:`nested_sizes`).
+        """
+        return nested_sizes(length, self.levels)[severity - 1]
+
+    def band_mask(self, u: Tensor, length: int, severity: int) -> Tensor:
+        """Boolean (N, length) band of :meth:`size` positions centred at the uniform draws ``u`` (N,).
+
+        A sample's bands are nested across severities (same centre, growing width).
+        """
+        return band(centres(u, length), self.size(length, severity), length)
+
     def supports(self, spec: ModalitySpec) -> str | None:
         """``None`` if this kind can corrupt ``spec``, else the reason why not (one sentence)."""
         if spec.kind != self.modality:
@@ -210,6 +225,11 @@ def value_range(spec: ModalitySpec) -> float:
     """``high - low`` (the spec must be bounded)."""
     assert spec.low is not None and spec.high is not None
     return float(spec.high) - float(spec.low)
+
+
+def per_sample(v: Tensor, x: Tensor) -> Tensor:
+    """(N,) values viewed as (N, 1, ..., 1) to broadcast over ``x`` (N, ...)."""
+    return v.view(-1, *([1] * (x.dim() - 1)))
 
 
 def rand(shape: Sequence[int], generator: torch.Generator, like: Tensor) -> Tensor:

@@ -18,11 +18,9 @@ from torch import Tensor
 
 from mmrobust.attacks.corruptions.base import (
     CorruptionKind,
-    band,
     bounded,
-    centres,
     clip,
-    nested_sizes,
+    per_sample,
     rand,
     randn,
     register_kind,
@@ -108,14 +106,12 @@ class Occlusion(ImageKind):
         """See the class docstring."""
         n, (h, w) = x.shape[0], x.shape[-2:]
         u = rand((3, n), generator, x)
-        sh = nested_sizes(h, self.levels)[severity - 1]
-        sw = nested_sizes(w, self.levels)[severity - 1]
-        rows = band(centres(u[0], h), sh, h)  # (N, H)
-        cols = band(centres(u[1], w), sw, w)  # (N, W)
+        rows = self.band_mask(u[0], h, severity)  # (N, H)
+        cols = self.band_mask(u[1], w, severity)  # (N, W)
         mask = rows[:, :, None] & cols[:, None, :]  # (N, H, W)
         mask = mask.view(n, *([1] * (x.dim() - 3)), h, w)
         assert spec.low is not None
-        fill = (spec.low + u[2] * value_range(spec)).view(n, *([1] * (x.dim() - 1)))
+        fill = per_sample(spec.low + u[2] * value_range(spec), x)
         return clip(torch.where(mask, fill.to(x.dtype), x), spec)
 
 
@@ -131,7 +127,7 @@ class Contrast(ImageKind):
 
     def corrupt(self, x: Tensor, spec: ModalitySpec, severity: int, generator: torch.Generator) -> Tensor:
         """See the class docstring."""
-        mu = x.flatten(1).mean(1).view(-1, *([1] * (x.dim() - 1)))
+        mu = per_sample(x.flatten(1).mean(1), x)
         return clip(mu + self.level(severity) * (x - mu), spec).to(x.dtype)
 
 

@@ -47,6 +47,13 @@ class TextKind(CorruptionKind):
             reason = f"{self.name!r} needs a pad_id in the spec of {spec.name!r}"
         return reason
 
+    def hits(self, x: Tensor, spec: ModalitySpec, u: Tensor, severity: int) -> Tensor:
+        """Boolean (N, L): content positions whose uniform draw ``u`` is below the severity's rate.
+
+        The rate grows with the severity and ``u`` does not depend on it, so the hit sets are nested.
+        """
+        return content(x, spec) & (u < self.level(severity))
+
 
 @register_kind
 class CharSwap(TextKind):
@@ -98,7 +105,7 @@ class CharDelete(TextKind):
         """See the class docstring."""
         n, length = x.shape
         u = rand((n, length), generator, x)
-        keep = ~(content(x, spec) & (u < self.level(severity)))
+        keep = ~self.hits(x, spec, u, severity)
         order = torch.sort((~keep).long(), dim=1, stable=True).indices  # kept positions first, in order
         out = torch.gather(x, 1, order)
         pos = torch.arange(length, device=x.device)
@@ -123,7 +130,7 @@ class TokenDropout(TextKind):
         """See the class docstring."""
         u = rand(x.shape, generator, x)
         assert spec.pad_id is not None
-        return x.masked_fill(content(x, spec) & (u < self.level(severity)), spec.pad_id)
+        return x.masked_fill(self.hits(x, spec, u, severity), spec.pad_id)
 
 
 @register_kind
@@ -161,5 +168,4 @@ class TokenReplace(TextKind):
             j_orig = orig - (orig > pad).long()  # index of the original among non-pad ids
             j = r + (r >= j_orig).long()  # a non-pad index other than the original's
             new = j + (j >= pad).long()  # back to an id, skipping pad
-        hit = content(x, spec) & (u < self.level(severity))
-        return torch.where(hit, new.to(x.dtype), x)
+        return torch.where(self.hits(x, spec, u, severity), new.to(x.dtype), x)
