@@ -86,6 +86,10 @@ def test_bias_folds_per_modality_biases_and_prior(data):
     torch.testing.assert_close(C.margins(model, x, y).total, s.gather(1, y[:, None]) - s, rtol=0, atol=1e-5)
     uni = mr.models.create("unimodal", data.spec, modality="image", embed_dim=8).eval()  # M = 1: no prior term
     torch.testing.assert_close(C.late_head(uni).bias, uni.fusion.heads["image"].bias.detach())
+    tau = C.empirical_lipschitz(uni, data.test)  # the split's other modalities are ignored
+    cert = C.certify_dataset(uni, data.test, lipschitz=tau)
+    assert tau.modalities == ["image"] and cert.modalities == ("image",)
+    torch.testing.assert_close(cert.joint, cert.single["image"])  # one modality: joint = single
 
 
 # ------------------------------------------------------------------------------------------ radius

@@ -175,7 +175,8 @@ def empirical_lipschitz(
     count = 0
     device = head.bias.device
     with attack_mode(model):
-        for x in _batches(data, int(batch_size)):
+        for batch in _batches(data, int(batch_size)):
+            x = {m: t for m, t in batch.items() if m in model.modalities}  # e.g. a unimodal model on a full split
             n = model.spec.validate_batch(x)
             if n == 0:
                 continue
