@@ -16,7 +16,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from mmrobust import attacks, datasets, metrics, models, reliability
+from mmrobust import attacks, certify, datasets, metrics, models, reliability
 from mmrobust.errors import (
     CacheError,
     ConfigError,
@@ -43,6 +43,7 @@ __all__ = [
     "UnsupportedError",
     "__version__",
     "attacks",
+    "certify",
     "datasets",
     "evaluate",
     "metrics",

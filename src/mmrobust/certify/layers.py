@@ -10,20 +10,20 @@ that knows
   gradient with respect to L's output, valid at every input, and ``back`` returns an entrywise
   bound with respect to L's input (|Jᵀg| ≤ |J|ᵀ|g| for any Jacobian J the layer can have).
 
-Supported layers and their bounds (everything is float64):
+Supported layers, with the Lipschitz bound and the ``back`` rule for entrywise bounds (float64):
 
-==========================================  ==============================================  ==============
-layer                                       Lipschitz bound                                 ``back`` (abs)
-==========================================  ==============================================  ==============
-Linear                                      σ_max(W) (SVD, exact)                           |W|ᵀ g
-Conv1d/2d/3d, zero padding                  circular-embedding DFT bound on the input shape  conv_transpose with |K|
-BatchNorm1d/2d/3d (running statistics)      max |γ/√(σ²+ε)| (eval-mode diagonal affine map)   |γ/√(σ²+ε)| g
-ReLU, ReLU6, LeakyReLU, Hardtanh, Tanh,     sup |activation'| (1; Sigmoid ¼; LeakyReLU and  sup|act'| · g
-Sigmoid, Softplus, ELU                      ELU max(1, |slope|))
-MaxPool1d/2d, AdaptiveMaxPool1d/2d          √(max number of windows holding one input)      Bᵀ g (B: window membership)
-AvgPool1d/2d, AdaptiveAvgPool1d/2d          Π_axes σ_max(C_axis) (exact: Kronecker product)  Cᵀ g
-Flatten, Unflatten, Identity, Dropout*      1                                               reshape
-==========================================  ==============================================  ==============
+* ``Linear``: σ_max(W) (SVD, exact); |W|ᵀ g.
+* ``Conv1d/2d/3d`` with zero padding: the circular-embedding DFT bound on the actual input shape
+  (:func:`mmrobust.certify.spectral.conv_norm_bound`); ``conv_transpose`` with |K|.
+* ``BatchNorm1d/2d/3d`` with running statistics (its eval-mode diagonal affine map):
+  max |γ/√(σ²+ε)|; |γ/√(σ²+ε)| g.
+* ``ReLU``, ``ReLU6``, ``LeakyReLU``, ``Hardtanh``, ``Tanh``, ``Sigmoid``, ``Softplus``, ``ELU``:
+  c = sup |activation'| (1; ¼ for Sigmoid; max(1, |slope|) for LeakyReLU and ELU); c · g.
+* ``MaxPool1d/2d``, ``AdaptiveMaxPool1d/2d``: √(largest number of windows holding one input); Bᵀ g
+  with B the window membership.
+* ``AvgPool1d/2d``, ``AdaptiveAvgPool1d/2d``: Π_axes σ_max(C_axis) (exact, a Kronecker product of
+  per-axis averaging matrices); Cᵀ g.
+* ``Flatten``, ``Unflatten``, ``Identity``, ``Dropout*`` (eval mode): 1; a reshape.
 
 Max pooling: |max_W a − max_W b| ≤ ‖(a − b)_W‖_∞ ≤ ‖(a − b)_W‖₂ for every window W, so summing over
 windows, ‖pool(a) − pool(b)‖₂² ≤ c ‖a − b‖₂² with c the largest number of windows sharing one input
