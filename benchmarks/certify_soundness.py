@@ -21,7 +21,7 @@ For a trained late-fusion model this script
 
 Usage::
 
-    python benchmarks/certify_soundness.py --model /work/models/late.pt --n 500 --json certify_soundness.json
+    python benchmarks/certify_soundness.py --model runs/default/models/late.pt --n 500 --json certify_soundness.json
 
 Prints markdown tables (the ones in ``docs/certify.md``); ``--json`` also writes the raw numbers
 with provenance.
@@ -51,7 +51,7 @@ def table(header: list[str], rows: list[list[object]]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="/work/models/late.pt")
+    ap.add_argument("--model", default="runs/default/models/late.pt")
     ap.add_argument("--n", type=int, default=500, help="test samples attacked (certified accuracy uses all)")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--restarts", type=int, default=3)
