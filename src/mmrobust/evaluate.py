@@ -226,9 +226,10 @@ def evaluate(
     total = (len(data) + batch_size - 1) // batch_size
     for x, y, idx in tqdm(batches, total=total, disable=not progress, desc="evaluate", leave=False):
         with torch.no_grad():
-            preds["clean"].append(model(x).argmax(1).numpy())
+            clean_logits = model(x)
+        preds["clean"].append(clean_logits.argmax(1).numpy())
         if checker is not None and not index:  # first batch
-            flags += checker.model_flags(model, x)
+            flags += checker.model_flags(model, x, clean_logits)
             for c, cid in zip(conditions, ids, strict=True):
                 if cid in gradient:
                     flags += checker.gradient_flags(model, c, x, y)

@@ -117,10 +117,14 @@ class ReliabilityChecks:
 
     # ---------------------------------------------------------------------------------- model
     @torch.no_grad()
-    def model_flags(self, model: Any, x: Mapping[str, Tensor]) -> list[Flag]:
-        """``randomised_model`` and ``probability_outputs`` from two passes over one batch (eval mode)."""
+    def model_flags(self, model: Any, x: Mapping[str, Tensor], logits: Tensor | None = None) -> list[Flag]:
+        """``randomised_model`` and ``probability_outputs`` from two passes over one batch (eval mode).
+
+        ``logits`` may be a pass the caller already made on ``x`` (then only one more pass runs).
+        """
         flags = []
-        a, b = model(x), model(x)
+        a = model(x) if logits is None else logits
+        b = model(x)
         scale = float(a.abs().max()) if a.numel() else 0.0
         diff = float((a - b).abs().max()) if a.numel() else 0.0
         if not math.isfinite(diff) or diff > self.random_tolerance * max(1.0, scale):
