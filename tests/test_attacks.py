@@ -19,7 +19,7 @@ from torch import nn
 import mmrobust as mr
 from conftest import ctx
 from mmrobust.attacks import ATTACKS, GradientAttack, ThreatModel
-from mmrobust.attacks.gradient import cw_loss, dlr_loss
+from mmrobust.attacks.gradient import CPU_CHUNK_ROWS, LOSSES, Objective, attack_mode, cw_loss, dlr_loss
 from mmrobust.attacks.threat import project_ball, sample_norms
 from mmrobust.spec import DatasetSpec, ModalitySpec
 
@@ -162,7 +162,30 @@ def test_only_attacked_modalities_are_reencoded(toy_late, toy_data, toy_batch):
     finally:
         for h in hooks:
             h.remove()
-    assert calls == {"image": 1, "text": 1, "audio": 5 + 1}  # clean once; attacked: steps + final score
+    blocks = -(-len(y) // CPU_CHUNK_ROWS)  # the gradient pass goes in blocks of rows on CPU
+    assert calls == {"image": 1, "text": 1, "audio": 5 * blocks + 1}  # clean once; attacked: steps + final score
+
+
+@pytest.mark.parametrize(
+    "threat",
+    [THREATS["audio-linf"], THREATS["image+audio-joint"],
+     {"modalities": ["text", "image"], "norm": "linf", "eps": 0.1, "token_surface": "embedding"}],
+)
+def test_blocked_gradient_pass_matches_one_pass(toy_late, toy_batch, threat):
+    x, y = toy_batch
+    atk = make("pgd", threat, steps=1)
+    resolved = atk.resolve(toy_late)
+    with attack_mode(toy_late):
+        whole = Objective(toy_late, x, y, resolved, LOSSES["cw"], chunk=10**9)
+        blocked = Objective(toy_late, x, y, resolved, LOSSES["cw"], chunk=7)
+        start = whole.start(True, torch.Generator().manual_seed(0))
+        (l1, s1, g1), (l2, s2, g2) = whole.loss_and_grad(start), blocked.loss_and_grad(start)
+    assert len(y) > 7
+    torch.testing.assert_close(l2, l1, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(s2, s1, rtol=1e-5, atol=1e-6)
+    assert g2.keys() == g1.keys()
+    for m in g1:
+        torch.testing.assert_close(g2[m], g1[m], rtol=1e-4, atol=1e-6)
 
 
 def test_pgd_restarts_keep_first_success(toy_late, toy_data, toy_batch):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from mmrobust import attacks, certify, datasets, metrics, models, reliability
+from mmrobust import attacks, certify, datasets, defenses, metrics, models, reliability
 from mmrobust.errors import (
     CacheError,
     ConfigError,
@@ -45,6 +45,7 @@ __all__ = [
     "attacks",
     "certify",
     "datasets",
+    "defenses",
     "evaluate",
     "metrics",
     "models",

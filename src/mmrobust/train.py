@@ -13,9 +13,10 @@ from __future__ import annotations
 import copy
 import os
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -112,25 +113,66 @@ def _drop_modalities(
     return out
 
 
+class Objective(Protocol):
+    """A training objective plugged into :func:`train` (how defences change the loss or the batch)."""
+
+    def __call__(
+        self, model: MultimodalModel, x: dict[str, torch.Tensor], y: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(scalar loss, logits (N, K) used for the training accuracy)`` for one batch."""
+        ...
+
+
+def standard_objective(unimodal_loss: float) -> Objective:
+    """Cross-entropy of the fused logits plus ``unimodal_loss`` × the mean per-branch cross-entropy."""
+
+    def objective(
+        model: MultimodalModel, x: dict[str, torch.Tensor], y: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        z = model.encode(x)
+        fused, aux = model.fuse(z)
+        logits = model.head_from_fused(fused)
+        loss = F.cross_entropy(logits, y)
+        uni = model.branch_logits(z, aux) if unimodal_loss > 0 else {}
+        if uni:
+            loss = loss + unimodal_loss * sum(F.cross_entropy(u, y) for u in uni.values()) / len(uni)
+        return loss, logits
+
+    return objective
+
+
 def train(
     model: MultimodalModel,
     data: DatasetBundle,
     config: TrainConfig | dict[str, Any] | None = None,
     *,
     checkpoint: str | os.PathLike[str] | None = None,
+    objective: Objective | None = None,
+    parameters: Iterable[torch.nn.Parameter] | None = None,
+    score: Callable[[MultimodalModel, MultimodalDataset], float] | None = None,
     **overrides: Any,
 ) -> TrainResult:
     """Train ``model`` in place and keep the weights of the best validation epoch.
+
+    Defences reuse this loop (seeding, shuffling, selection on validation, checkpointing) and plug
+    in what differs: the per-batch ``objective`` (adversarial or mixed batches, extra loss terms),
+    the trained ``parameters`` and the validation ``score``.
 
     Args:
         model: The model (its modalities are selected from the data).
         data: A bundle with ``train`` and ``val`` splits.
         config: A :class:`TrainConfig` or dict of its fields.
         checkpoint: If given, save the selected model there (atomically) with the training record.
+        objective: Per-batch loss (default :func:`standard_objective` with ``config.unimodal_loss``);
+            called with the model in train mode and the (modality-dropped) batch.
+        parameters: Parameters to optimise (default: all of the model's).
+        score: Validation score to maximise for model selection, ``score(model, data.val)`` with the
+            model in eval mode (default: validation accuracy).
         **overrides: Individual :class:`TrainConfig` fields, e.g. ``epochs=5``.
 
     Returns:
-        A :class:`TrainResult`; the model is left in eval mode with the selected weights.
+        A :class:`TrainResult`; the model is left in eval mode with the selected weights
+        (``best_val_accuracy`` holds the best validation score).
     """
     if not isinstance(model, MultimodalModel):
         raise InputError(f"train() needs a mmrobust MultimodalModel, got {type(model).__name__}")
@@ -143,10 +185,14 @@ def train(
         raise ConfigError(f"invalid training config: {e}") from e
     train_set = data.train.select(model.modalities)
     val_set = data.val.select(model.modalities)
-    uni_w = cfg.unimodal_loss
+    objective = objective or standard_objective(cfg.unimodal_loss)
+    score = score or accuracy
+    params = list(model.parameters() if parameters is None else parameters)
+    if not params:
+        raise InputError("train(): no parameters to optimise")
 
     gen = seed_everything(cfg.seed)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     best_state = copy.deepcopy(model.state_dict())
     best_acc, best_epoch, since_best = -1.0, 0, 0
     history: list[dict[str, float]] = []
@@ -162,13 +208,7 @@ def train(
         for x, y, _ in train_set.batches(cfg.batch_size, shuffle=True, generator=gen):
             if cfg.modality_dropout > 0 and len(model.modalities) > 1:
                 x = _drop_modalities(x, model, cfg.modality_dropout, gen)
-            z = model.encode(x)
-            fused, aux = model.fuse(z)
-            logits = model.head_from_fused(fused)
-            loss = F.cross_entropy(logits, y)
-            uni = model.branch_logits(z, aux) if uni_w > 0 else {}
-            if uni:
-                loss = loss + uni_w * sum(F.cross_entropy(u, y) for u in uni.values()) / len(uni)
+            loss, logits = objective(model, x, y, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -176,7 +216,8 @@ def train(
             correct += int((logits.argmax(1) == y).sum())
             seen += y.numel()
             bar.update(1)
-        val_acc = accuracy(model, val_set)
+        model.eval()
+        val_acc = float(score(model, val_set))
         history.append(
             {"epoch": epoch, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
              "val_accuracy": val_acc}

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from mmrobust.errors import CacheError
+from mmrobust.errors import CacheError, InputError, UnknownNameError
 from mmrobust.models.base import MultimodalModel
 from mmrobust.spec import DatasetSpec
 from mmrobust.utils.io import atomic_write
@@ -29,7 +29,11 @@ def save_checkpoint(
         "config": model.config,
         "spec": model.spec.to_dict(),
         "state_dict": model.state_dict(),
-        "meta": {"provenance": provenance(), **(meta or {})},
+        "meta": {
+            "provenance": provenance(),
+            **({"defense_info": model.defense_info} if getattr(model, "defense_info", None) else {}),
+            **(meta or {}),
+        },
     }
     with atomic_write(path) as f:
         torch.save(payload, f)
@@ -56,9 +60,15 @@ def load_checkpoint(path: str | os.PathLike[str]) -> MultimodalModel:
     spec = DatasetSpec.from_dict(payload["spec"])
     cfg = dict(payload["config"])
     name = cfg.pop("name", None)
-    model = MultimodalModel(spec, **cfg)
+    defense = cfg.pop("defense", None)
+    try:
+        model = MultimodalModel(spec, **cfg)
+    except (TypeError, InputError, UnknownNameError) as e:
+        raise CacheError(f"checkpoint {path} describes a model this mmrobust version cannot build: {e}") from None
     if name is not None:
         model.config["name"] = name
+    if defense is not None:
+        model.config["defense"] = defense
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as e:
@@ -69,4 +79,6 @@ def load_checkpoint(path: str | os.PathLike[str]) -> MultimodalModel:
             f"version?): {detail[:300]}"
         ) from None
     model.checkpoint_meta = payload.get("meta", {})
+    if defense is not None:
+        model.defense_info = dict(model.checkpoint_meta.get("defense_info", {}))
     return model.eval()

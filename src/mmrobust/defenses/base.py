@@ -1,0 +1,81 @@
+"""Base class of defences: a model (and data) in, a defended model out.
+
+Two kinds share one interface so the runner treats them alike:
+
+* **training-free** defences (JR) wrap a trained model; ``apply`` returns a new model built around
+  the trained one's weights, with any hyper-parameter chosen on the validation split;
+* **training** defences (CRMT, odd-one-out fusion, mix-up, adversarial training, modality dropout)
+  train a model with their own objective through :func:`mmrobust.train` and return it.
+
+The returned model is a :class:`~mmrobust.models.MultimodalModel` (in eval mode) so every attack,
+metric and checkpoint function works on it unchanged; the input model is never modified.
+``model.config["defense"]`` records the defence's name and hyper-parameters (checkpoints keep it)
+and ``model.defense_info`` what it measured while building the model (selected γ, training time).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+from mmrobust.datasets.dataset import DatasetBundle
+from mmrobust.errors import InputError
+from mmrobust.models.base import MultimodalModel
+
+
+class Defense(ABC):
+    """A defence against attacks on a dict-input model.
+
+    Subclasses set ``name`` (registry name) and ``kind`` (``training-free`` or ``training``),
+    take only hyper-parameters in their constructor (validated there, with errors naming the bad
+    value) and implement :meth:`params` and :meth:`apply`.
+    """
+
+    name: ClassVar[str] = "defense"
+    kind: ClassVar[str] = "training"
+
+    @abstractmethod
+    def params(self) -> dict[str, Any]:
+        """Hyper-parameters recorded with every result (JSON-friendly)."""
+
+    @property
+    def id(self) -> str:
+        """Stable identifier, e.g. ``jr[gamma=0.1,jacobian=logits]``."""
+        kv = ",".join(f"{k}={v}" for k, v in self.params().items())
+        return f"{self.name}[{kv}]" if kv else self.name
+
+    def describe(self) -> dict[str, Any]:
+        """Id, name, kind and params."""
+        return {"defense": self.id, "name": self.name, "kind": self.kind, **self.params()}
+
+    def check(self, model: MultimodalModel) -> None:
+        """Raise a clear :class:`~mmrobust.errors.InputError` if this defence cannot apply to ``model``."""
+        if not isinstance(model, MultimodalModel):
+            raise InputError(f"{self.name}: needs a mmrobust MultimodalModel, got {type(model).__name__}")
+
+    @abstractmethod
+    def apply(
+        self, model: MultimodalModel, data: DatasetBundle, *, seed: int = 0, quiet: bool = True
+    ) -> MultimodalModel:
+        """Build the defended model.
+
+        Args:
+            model: Training-free defences: the trained model to wrap. Training defences: the model
+                to train (a fresh one from ``mr.models.create``, or a trained one to fine-tune, as
+                each defence documents); it is copied, never modified.
+            data: Bundle with ``train`` and ``val`` splits (the test split is never used).
+            seed: Seeds every random choice of the defence.
+            quiet: Silence progress bars.
+
+        Returns:
+            The defended model in eval mode, with ``config["defense"]`` and ``defense_info`` set.
+        """
+
+    def _mark(self, model: MultimodalModel, info: dict[str, Any] | None = None) -> MultimodalModel:
+        """Record this defence on ``model`` (``config["defense"]``, ``defense_info``); returns it in eval mode."""
+        model.config["defense"] = {"name": self.name, "params": self.params()}
+        model.defense_info = dict(info or {})
+        return model.eval()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.params().items())})"
