@@ -87,9 +87,43 @@ def test_evaluate_attacks_corruptions_missing(checkpoint, tmp_path, capsys):
     assert any(k.startswith("info__fgsm[each") and k.endswith("success__audio") for k in samples.files)
 
 
+def test_evaluate_preference_certificates_geometry(checkpoint, tmp_path, capsys):
+    out = tmp_path / "extras"
+    code = main([
+        "evaluate", str(checkpoint), "--quiet", "--out", str(out), "--no-checks",
+        "--preference", "image:0.1/audio:0.05/text:0.5", "--certify", "both", "--radii", "0,0.05,0.2",
+        "--geometry",
+    ])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "modality preference" in text and "CRMT's finding" in text and "certified accuracy" in text
+    with (out / "preference.csv").open() as f:
+        pref = list(csv.DictReader(f))
+    assert [r["modality"] for r in pref] == ["image", "audio", "text"]
+    assert sum(r["preferred"] == "True" for r in pref) == 1
+    with (out / "certified.csv").open() as f:
+        cert = list(csv.DictReader(f))
+    assert {r["lipschitz"] for r in cert} == {"sound", "empirical"}
+    for kind in ("sound", "empirical"):
+        joint = [float(r["certified_accuracy"]) for r in cert if r["lipschitz"] == kind and "joint" in r["perturbed"]]
+        assert len(joint) == 3 and joint == sorted(joint, reverse=True)  # non-increasing in the radius
+    sound = {(r["perturbed"], r["radius"]): float(r["certified_accuracy"]) for r in cert if r["lipschitz"] == "sound"}
+    emp = {(r["perturbed"], r["radius"]): float(r["certified_accuracy"]) for r in cert if r["lipschitz"] == "empirical"}
+    assert all(sound[k] <= emp[k] + 1e-12 for k in sound)  # a sound bound is never tighter than the estimate
+    with (out / "geometry.csv").open() as f:
+        geo = list(csv.DictReader(f))
+    assert {"fused", "image", "audio", "text"} <= {r["space"] for r in geo}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["preference"]["preferred"] in ("image", "audio", "text")
+    assert len(summary["certified"]) == len(cert) and "geometry" in summary
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
+        (["--preference", "image:-1/audio:0.1"], ">= 0"),
+        (["--preference", "video:0.1"], "unknown modality"),
+        (["--certify", "sound", "--radii", "a,b"], "--radii must be"),
         (["--attack", "pgd:modalities=audo,eps=0.1"], "unknown modality 'audo'"),
         (["--attack", "pgd:eps=0.1,stpes=3"], "Did you mean 'steps'"),
         (["--attack", "pgd:modalities=text,eps=0.1"], "token ids"),

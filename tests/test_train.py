@@ -71,3 +71,39 @@ def test_modality_dropout_zeroes_one_modality_per_hit_sample(toy):
     res = [mr.train(mr.models.create("concat", toy.spec), toy, epochs=1, modality_dropout=0.3, quiet=True)
            for _ in range(2)]
     assert res[0].history == res[1].history  # seeded
+
+
+def test_tensorboard_logging_writes_one_point_per_epoch(toy_data, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model = mr.models.create("late", toy_data.spec, embed_dim=8)
+    res = mr.train(model, toy_data, epochs=2, quiet=True, tensorboard=str(tmp_path / "tb"))
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    assert set(acc.Tags()["scalars"]) == {"train_loss", "train_accuracy", "val_accuracy"}
+    vals = [e.value for e in acc.Scalars("val_accuracy")]
+    assert [e.step for e in acc.Scalars("val_accuracy")] == [1, 2]
+    assert vals == pytest.approx([h["val_accuracy"] for h in res.history])
+
+
+def test_custom_objective_parameters_and_score(toy_data):
+    model = mr.models.create("late", toy_data.spec, embed_dim=8)
+    frozen = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("fusion.")}
+    calls = []
+
+    def objective(m, x, y, generator):
+        calls.append(len(y))
+        logits = m(x)
+        return torch.nn.functional.cross_entropy(logits, y), logits
+
+    scores = iter([0.1, 0.9, 0.5])
+    res = mr.train(model, toy_data, epochs=3, quiet=True, objective=objective,
+                   parameters=model.fusion.parameters(), score=lambda m, val: next(scores))
+    assert sum(calls) == 3 * len(toy_data.train)
+    assert res.best_epoch == 2 and res.best_val_accuracy == 0.9  # selection by the given score
+    for k, v in model.state_dict().items():
+        if k in frozen:
+            assert torch.equal(v, frozen[k]), k  # encoders were not optimised
+    with pytest.raises(mr.InputError, match="no parameters"):
+        mr.train(model, toy_data, epochs=1, quiet=True, parameters=[])

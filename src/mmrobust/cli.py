@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from mmrobust.errors import MMRobustError
 
@@ -80,16 +81,77 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(result.table())
     if result.flags:
         print("\nreliability flags (docs/flags.md):\n" + result.flag_report())
+    extras, files = _evaluate_extras(args, model, data, split, Path(args.checkpoint).stem)
     if args.out:
         out = Path(args.out)
         rows = [{"model": result.model, "seed": args.seed, **r} for r in result.rows()]
         write_text(out / "results.csv", rows_to_csv(rows))
         result.save_samples(out / "samples.npz")
+        for fname, text in files.items():
+            write_text(out / fname, text)
         write_json(out / "summary.json", {"checkpoint": str(args.checkpoint), "split": args.split,
-                                          "seed": args.seed, "rows": rows, "flags": result.flags,
+                                          "seed": args.seed, "rows": rows, "flags": result.flags, **extras,
                                           "provenance": provenance()})
         print(f"results written to {out}")
     return 0
+
+
+def _evaluate_extras(
+    args: argparse.Namespace, model: Any, data: Any, split: Any, name: str
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Modality preference, certificates and latent geometry requested on the command line.
+
+    Returns the summary entries and the extra results files (name -> CSV text).
+    """
+    from mmrobust.attacks.parse import parse_value
+    from mmrobust.errors import InputError
+    from mmrobust.evaluate import rows_to_csv
+
+    extras: dict[str, Any] = {}
+    files: dict[str, str] = {}
+    if args.preference is not None:
+        from mmrobust.metrics.preference import modality_preference, preference_rows
+
+        eps = parse_value(args.preference)
+        if not isinstance(eps, (int, float, dict)) or isinstance(eps, bool):
+            raise InputError(f"--preference takes a radius or per-modality radii (image:0.1/audio:0.05), "
+                             f"got {args.preference!r}")
+        pref = modality_preference(model, split, eps=eps, seed=args.seed, name=name, progress=not args.quiet)
+        print("\nmodality preference (docs/metrics.md):\n" + pref.table() + "\n" + pref.statement)
+        extras["preference"] = pref.to_dict()
+        files["preference.csv"] = rows_to_csv(preference_rows([pref]))
+    if args.certify:
+        from mmrobust.certify import certify_dataset, lipschitz_constants
+
+        try:
+            radii = [float(v) for v in args.radii.split(",")]
+        except ValueError:
+            raise InputError(f"--radii must be a comma list of numbers, got {args.radii!r}") from None
+        if any(r < 0 for r in radii):
+            raise InputError(f"--radii must be >= 0, got {args.radii!r}")
+        rows = []
+        for kind in ("sound", "empirical") if args.certify == "both" else (args.certify,):
+            tau = lipschitz_constants(model, kind, data.train)
+            cert = certify_dataset(model, split, lipschitz=tau)
+            for which in ("joint", *cert.single):
+                acc = cert.certified_accuracy(radii, which)
+                rows += [{"model": name, "lipschitz": kind, "perturbed": which if which != "joint" else
+                          "+".join(cert.modalities) + " (joint)", "radius": r, "certified_accuracy": float(a)}
+                         for r, a in zip(radii, acc, strict=True)]
+        print("\ncertified accuracy (docs/certify.md):")
+        for r in rows:
+            print(f"  {r['lipschitz']:9} {r['perturbed']:22} r={r['radius']:<6g} {100 * r['certified_accuracy']:.1f}%")
+        extras["certified"] = rows
+        files["certified.csv"] = rows_to_csv(rows)
+    if args.geometry:
+        from mmrobust.metrics.geometry import geometry_report
+
+        # classes smaller than k+1 get fewer neighbours instead of an error (recorded in the report)
+        report = geometry_report(model, split, seed=args.seed, name=name, small_classes="shrink")
+        print("\nlatent geometry (docs/geometry.md):\n" + report.table())
+        extras["geometry"] = report.to_dict()
+        files["geometry.csv"] = rows_to_csv(report.rows())
+    return extras, files
 
 
 def _attack_conditions(specs: Sequence[str], eps: str | None) -> list:
@@ -196,6 +258,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'each' or a comma list of modalities: every corruption kind of those modalities")
     e.add_argument("--severities", default=None, help="comma list of corruption severities (default 1,2,3,4,5)")
     e.add_argument("--no-checks", action="store_true", help="skip the reliability checks")
+    e.add_argument("--preference", default=None, metavar="EPS",
+                   help="measure modality preference with single-source PGD at this radius "
+                        "(a number, or per modality: image:0.1/audio:0.05/text:0.5) -> preference.csv")
+    e.add_argument("--certify", default=None, choices=["sound", "empirical", "both"],
+                   help="CRMT certified accuracy of a late-fusion model -> certified.csv")
+    e.add_argument("--radii", default="0,0.1,0.25,0.5,1", help="comma list of certified radii (ℓ2)")
+    e.add_argument("--geometry", action="store_true",
+                   help="latent convexity and density per space -> geometry.csv (classes with fewer than "
+                        "11 samples use fewer density neighbours)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--out", default=None, help="folder for results.csv, samples.npz, summary.json")
     e.add_argument("--quiet", action="store_true")

@@ -53,6 +53,11 @@ class TrainConfig(BaseModel):
         "in a training batch; fights modality laziness and missing-modality brittleness.",
     )
     patience: int | None = Field(None, ge=1, description="Stop after this many epochs without a new best.")
+    tensorboard: str | None = Field(
+        None,
+        description="Folder for TensorBoard event files (train loss/accuracy and the validation score per "
+        "epoch); needs the optional tensorboard package (pip install 'mmrobust[tensorboard]').",
+    )
     quiet: bool = Field(False, description="Silence the progress bar.")
 
 
@@ -141,6 +146,20 @@ def standard_objective(unimodal_loss: float) -> Objective:
     return objective
 
 
+def _tensorboard_writer(logdir: str | None) -> Any:
+    """A ``SummaryWriter`` for ``logdir`` (``None``: no logging); a clear error without tensorboard."""
+    if logdir is None:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise InputError(
+            "TensorBoard logging needs the tensorboard package: pip install 'mmrobust[tensorboard]' "
+            "(or pip install tensorboard)"
+        ) from None
+    return SummaryWriter(log_dir=str(logdir))
+
+
 def train(
     model: MultimodalModel,
     data: DatasetBundle,
@@ -191,6 +210,7 @@ def train(
     if not params:
         raise InputError("train(): no parameters to optimise")
 
+    writer = _tensorboard_writer(cfg.tensorboard)
     gen = seed_everything(cfg.seed)
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     best_state = copy.deepcopy(model.state_dict())
@@ -223,6 +243,10 @@ def train(
              "val_accuracy": val_acc}
         )
         bar.set_postfix(loss=f"{loss_sum / seen:.3f}", val=f"{val_acc:.3f}")
+        if writer is not None:
+            for key in ("train_loss", "train_accuracy", "val_accuracy"):
+                writer.add_scalar(key, history[-1][key], epoch)
+            writer.flush()
         if val_acc > best_acc:
             best_acc, best_epoch, since_best = val_acc, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
@@ -231,6 +255,8 @@ def train(
             if cfg.patience is not None and since_best >= cfg.patience:
                 break
     bar.close()
+    if writer is not None:
+        writer.close()
     model.load_state_dict(best_state)
     model.eval()
     result = TrainResult(

@@ -20,12 +20,13 @@ from mmrobust.errors import InputError
 
 _NUMBER = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?")
 _INT = re.compile(r"[-+]?\d+")
+_KEYED = re.compile(r"[A-Za-z_][\w-]*:[^:/]+")  # one per-modality entry, m:v
 
 
 def parse_value(text: str) -> Any:
     """One value: bool, int, float, None, list (``a+b``), dict (``m:v/m:v``) or string."""
     t = text.strip()
-    if "/" in t and ":" in t:
+    if ":" in t and ("/" in t or _KEYED.fullmatch(t)):
         out = {}
         for part in t.split("/"):
             key, sep, val = part.partition(":")

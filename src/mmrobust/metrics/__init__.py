@@ -42,6 +42,7 @@ from mmrobust.metrics.geometry import (
 )
 from mmrobust.metrics.matrix import ModalityMatrix, ModalityPerturbationMatrix, subset_label
 from mmrobust.metrics.minimal_eps import MinimalEps, MinimalEpsResult, MinimalEpsSearch, minimal_eps
+from mmrobust.metrics.preference import ModalityPreference, modality_preference, preference_rows
 
 __all__ = [
     "Accuracy",
@@ -59,6 +60,7 @@ __all__ = [
     "MinimalEpsSearch",
     "ModalityMatrix",
     "ModalityPerturbationMatrix",
+    "ModalityPreference",
     "RobustAccuracy",
     "RobustnessSummary",
     "SpaceGeometry",
@@ -68,6 +70,8 @@ __all__ = [
     "functional",
     "geometry_report",
     "minimal_eps",
+    "modality_preference",
+    "preference_rows",
     "results",
     "sample_class_pairs",
     "subset_label",
