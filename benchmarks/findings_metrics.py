@@ -111,6 +111,14 @@ def main() -> None:
     held = sum(bool(p.preferred_is_most_vulnerable) for p in prefs.values())
     lines += ["", f"**CRMT's finding holds for {held} of {len(prefs)} fusion models.** " + " ".join(
         p.statement for p in prefs.values()), ""]
+    weak = []
+    for f, p in prefs.items():
+        drops = sorted((r["removal_drop"] for r in p.rows), reverse=True)
+        if drops[0] - drops[1] < 0.01:
+            weak.append(f"`{f}` (top two removal drops {100 * drops[0]:.1f} and {100 * drops[1]:.1f} points)")
+    if weak:
+        lines += ["Where the removal drops are within one point of each other the preference is weak and "
+                  "the verdict should not be read as more than that: " + ", ".join(weak) + ".", ""]
     late = {r["modality"]: r for r in prefs["late"].rows}
     flags = sorted({f"{p.model}: {fl['name']} ({fl['condition'] or 'model'})" for p in prefs.values()
                     for fl in p.result.flags})
@@ -141,7 +149,9 @@ def main() -> None:
         "Convexity: fraction of interpolations between same-class pairs classified as that class (macro over "
         "classes; `correct`: pairs whose endpoints are both classified correctly). Density: median over a "
         "class of (mean distance to the 10 nearest points of any class) / (to the 10 nearest of the same "
-        "class), macro over classes; higher is purer.",
+        "class), macro over classes; higher is purer. ρ ≤ 1, with 1 when all k nearest neighbours share "
+        "the class, so the median saturates at 1.000 in spaces whose neighbourhoods are pure (the fused "
+        "spaces here); the per-class values in the JSON separate them further.",
         "",
         "| model | space | dim | convexity | convexity (correct) | density |",
         "|---|---|---|---|---|---|",
