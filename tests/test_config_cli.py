@@ -19,6 +19,12 @@ def test_default_config_covers_unimodal_and_fusions():
         ({"train": {"epochs": "many"}}, "train.epochs"),
         ({"threats": {"missing": {"fills": ["median"]}}}, "unknown fill(s) ['median']"),
         ({"dataset": {"size": "huge"}}, "dataset.size"),
+        ({"threats": {"attacks": [{"name": "pgdd", "eps": [0.1]}]}}, "unknown attack 'pgdd'"),
+        ({"threats": {"attacks": [{"name": "pgd", "eps": ["big"]}]}}, "threats.attacks.0.eps"),
+        ({"threats": {"attacks": [{"name": "pgd", "eps": [-0.1]}]}}, "eps must be >= 0"),
+        ({"threats": {"attacks": [{"name": "pgd", "eps": []}]}}, "threats.attacks.0.eps"),
+        ({"threats": {"attacks": [{"name": "pgd", "eps": [0.1], "steps": 3}]}}, "threats.attacks.0.steps: unknown key"),
+        ({"threats": {"corruptions": {"severities": [7]}}}, "severities must be"),
         ([1, 2], "must be a mapping"),
     ],
 )
@@ -50,3 +56,48 @@ def test_cli_help_lists_commands(capsys):
     out = capsys.readouterr().out
     for cmd in ("data", "train", "evaluate", "run", "report"):
         assert cmd in out
+
+
+@pytest.mark.parametrize(
+    "threats, message",
+    [
+        ({"attacks": [{"name": "pgd", "modalities": ["video"], "eps": [0.1]}]},
+         "threats.attacks.0.modalities: 'video' is not a modality"),
+        ({"attacks": [{"name": "pgd", "eps": [{"smell": 0.1}]}]}, "threats.attacks.0.eps.0: 'smell'"),
+        ({"attacks": [{"name": "pgd", "eps": [0.1], "params": {"stpes": 3}}]}, "Did you mean 'steps'"),
+        ({"attacks": [{"name": "pgd", "eps": [0.1]}, {"name": "pgd", "eps": [0.2]}]}, "duplicate threat ids"),
+        ({"corruptions": {"modalities": ["video"]}}, "threats.corruptions.modalities: 'video'"),
+        ({"corruptions": {"kinds": ["fog"]}}, "unknown kind(s) ['fog']"),
+        ({"missing": {"modalities": ["video"]}}, "threats.missing.modalities: 'video'"),
+    ],
+)
+def test_threats_are_checked_against_the_dataset(threats, message, toy_data):
+    from mmrobust.bench.threats import check_threats
+
+    cfg = validate_config({"threats": threats})
+    with pytest.raises(ConfigError) as e:
+        check_threats(cfg, toy_data.spec)
+    assert message in str(e.value)
+
+
+def test_threat_groups_per_model(toy_data):
+    import mmrobust as mr
+    from mmrobust.bench.threats import threat_groups
+
+    cfg = validate_config({"threats": {
+        "attacks": [{"name": "pgd", "eps": [{"image": 0.1, "audio": 0.2, "text": 0.5}, 0.3]},
+                    {"name": "fgsm", "modalities": ["audio"], "eps": [0.1]}],
+        "corruptions": {"kinds": ["gaussian_noise", "noise"], "severities": [1, 5]},
+    }})
+    late = mr.models.create("late", toy_data.spec, embed_dim=8)
+    groups = {g.key: g for g in threat_groups(late, cfg)}
+    assert list(groups) == ["missing", "attack-pgd-each", "attack-fgsm-audio", "corruption-image",
+                            "corruption-audio"]  # no text kind listed
+    pgd = groups["attack-pgd-each"].conditions
+    assert [c.eps for c in pgd] == [{"image": 0.1, "audio": 0.2, "text": 0.5}, 0.3]
+    assert all(c.threat.token_surface == "embedding" for c in pgd)  # text attacked through its embeddings
+    assert [c.severity for c in groups["corruption-image"].conditions] == [1, 5]
+    uni = mr.models.create("unimodal", toy_data.spec, modality="image", embed_dim=8)
+    ugroups = {g.key: g for g in threat_groups(uni, cfg)}
+    assert list(ugroups) == ["attack-pgd-each", "corruption-image"]  # no missing, no audio attack
+    assert ugroups["attack-pgd-each"].conditions[0].eps == {"image": 0.1}  # radii restricted to the model

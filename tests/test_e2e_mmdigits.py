@@ -43,7 +43,28 @@ def test_run_folder_contents(default_run):
     assert len(summary["dataset"]["checksum"]) == 64
     assert set(summary["models"]) == set(UNIMODAL + FUSIONS)
     for label in UNIMODAL + FUSIONS:
-        assert (default_run / "samples" / f"{label}.npz").is_file()
+        assert (default_run / "samples" / label / "attack-pgd-each.npz").is_file()
+        assert (default_run / "cells" / label / "attack-pgd-each.json").is_file()
+    for label in FUSIONS:
+        assert (default_run / "samples" / label / "missing.npz").is_file()
+        for m in ("image", "audio", "text"):
+            assert (default_run / "cells" / label / f"corruption-{m}.json").is_file()
+
+
+def test_default_run_covers_attacks_corruptions_and_missing(default_run):
+    rows = read_rows(default_run)
+    acc = clean_acc(rows)
+    assert sum(r["condition"] == "clean" for r in rows) == len(acc)  # one clean row per model
+    for label in UNIMODAL + FUSIONS:
+        mine = [r for r in rows if r["model"] == label]
+        fams = {r["family"] for r in mine}
+        assert {"clean", "attack", "corruption"} <= fams, (label, fams)
+        pgd = [float(r["accuracy"]) for r in mine if r["threat"] == "attack-pgd-each"]
+        assert len(pgd) == 2 and pgd[1] <= pgd[0] <= acc[label] + 1e-9, (label, pgd)  # robust <= clean, monotone
+    summary = json.loads((default_run / "summary.json").read_text())
+    for label in FUSIONS:
+        head = summary["headline"][label]
+        assert head["attacks"]["attack-pgd-each"][1] < head["clean"] - 0.3, (label, head)  # single-source override
 
 
 def test_accuracy_targets(default_run):
@@ -75,6 +96,12 @@ def test_rerun_resumes_without_recomputing(default_run, capsys):
     assert main(["run", "--runs-dir", str(default_run.parent)]) == 0
     out = capsys.readouterr().out
     assert out.count("checkpoint found, skipping training") == len(UNIMODAL + FUSIONS)
+    assert (default_run / "results.csv").read_text() == before
+    # a lost cell is recomputed alone, with identical results
+    (default_run / "cells" / "late" / "attack-pgd-each.json").unlink()
+    assert main(["run", "--runs-dir", str(default_run.parent)]) == 0
+    out = capsys.readouterr().out
+    assert "late: attack-pgd-each" in out and "concat: attack-pgd-each" not in out
     assert (default_run / "results.csv").read_text() == before
 
 

@@ -58,10 +58,80 @@ class MissingConfig(_Strict):
         return v
 
 
+Radius = float | dict[str, float]
+
+
+class AttackConfig(_Strict):
+    """One attack over an ε grid: one condition per ε, evaluated together as one cell.
+
+    ``eps`` entries are a radius for every attacked modality or ``{modality: radius}`` (entries for
+    modalities a model does not have are ignored for that model). Token modalities are attacked
+    through their embeddings unless ``params`` sets ``token_surface``.
+    """
+
+    name: str = Field(description="Attack registry name: fgsm, pgd, apgd, universal, decoupling.")
+    modalities: Literal["each", "all"] | str | list[str] = Field(
+        "each", description="Attacked modalities: one name, a list, 'all', or 'each' (per-sample worst case)."
+    )
+    eps: list[Radius] = Field(min_length=1, description="The ε grid (decoupling: the ρ budget, rho_max).")
+    params: dict[str, Any] = Field(default_factory=dict, description="Other hyper-parameters of the attack.")
+    id: str | None = Field(None, description="Name of this threat in results (default: name-modalities).")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        from mmrobust.attacks import ATTACKS
+
+        allowed = [n for n in ATTACKS.names() if n not in ("missing", "corruption")]
+        if v not in allowed:
+            raise ValueError(f"unknown attack {v!r}; allowed: {allowed} (missing modalities and corruptions "
+                             "have their own sections)")
+        return v
+
+    @field_validator("eps")
+    @classmethod
+    def _eps(cls, v: list[Radius]) -> list[Radius]:
+        for e in v:
+            for r in (e.values() if isinstance(e, dict) else [e]):
+                if not r >= 0:
+                    raise ValueError(f"eps must be >= 0, got {e}")
+        return v
+
+    @property
+    def label(self) -> str:
+        """Identifier of this threat in results and file names."""
+        mods = self.modalities if isinstance(self.modalities, str) else "+".join(self.modalities)
+        return self.id or f"{self.name}-{mods}"
+
+
+class CorruptionsConfig(_Strict):
+    """Random corruptions: every kind of every listed modality × every severity."""
+
+    modalities: Literal["each"] | list[str] = "each"
+    kinds: Literal["all"] | list[str] = "all"
+    severities: list[int] = Field(default_factory=lambda: [3])
+
+    @field_validator("severities")
+    @classmethod
+    def _severities(cls, v: list[int]) -> list[int]:
+        bad = [s for s in v if s not in (1, 2, 3, 4, 5)]
+        if bad or not v:
+            raise ValueError(f"severities must be a non-empty list of integers 1..5, got {v}")
+        return v
+
+
+def _default_attacks() -> list[AttackConfig]:
+    # the radii at which docs/findings_attacks.md shows single-source attacks overriding clean modalities
+    grid: list[Radius] = [{"image": 0.05, "audio": 0.02, "text": 0.25}, {"image": 0.1, "audio": 0.05, "text": 0.5}]
+    return [AttackConfig(name="pgd", modalities="each", params={"steps": 10}, eps=grid)]
+
+
 class ThreatsConfig(_Strict):
-    """Threat families to evaluate (more arrive with the attack engine)."""
+    """Threat families to evaluate; each family is a cell per model (resumable on its own)."""
 
     missing: MissingConfig | None = Field(default_factory=MissingConfig)
+    attacks: list[AttackConfig] = Field(default_factory=_default_attacks)
+    corruptions: CorruptionsConfig | None = Field(default_factory=CorruptionsConfig)
 
 
 def _default_models() -> list[ModelConfig]:

@@ -1,10 +1,12 @@
 """Run a benchmark config into a resumable run folder.
 
 Layout of ``runs/<name>/`` (product.md): ``config.yaml`` (resolved), ``models/<id>.pt``
-(checkpoints), ``cells/<id>.json`` (one finished model's summary rows), ``samples/<id>.npz``
-(per-sample outcomes), ``results.csv`` (long format, every row), ``summary.json`` (provenance,
-headline numbers). Every file is written atomically; a rerun of the same config skips finished
-models and cells, so a killed run resumes where it stopped.
+(checkpoints), ``cells/<model>/<threat>.json`` (one cell: a model × threat group's summary rows and
+flags, see :mod:`mmrobust.bench.threats`), ``samples/<model>/<threat>.npz`` (its per-sample
+outcomes), ``results.csv`` (long format, every row), ``summary.json`` (provenance, headline
+numbers). Every file is written atomically; a rerun of the same config skips finished models and
+cells, so a killed run resumes where it stopped, and every cell is evaluated alone with the run's
+seed, so the results do not depend on where it stopped.
 """
 
 from __future__ import annotations
@@ -16,14 +18,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mmrobust.attacks.base import Condition
-from mmrobust.attacks.missing import Missing
 from mmrobust.bench.config import RunConfig, dump_config
+from mmrobust.bench.threats import check_threats, threat_groups
 from mmrobust.datasets import load as load_dataset
 from mmrobust.errors import ConfigError
 from mmrobust.evaluate import evaluate, format_table, rows_to_csv
 from mmrobust.models import create as create_model
-from mmrobust.models.base import MultimodalModel
 from mmrobust.models.checkpoint import load_checkpoint
 from mmrobust.train import train
 from mmrobust.utils.io import write_json, write_text
@@ -31,45 +31,20 @@ from mmrobust.utils.provenance import provenance
 
 DATASET_META_KEYS = ("checksum", "seed", "size", "audio", "builder_version", "espeak_ng_version")
 RESULT_COLUMNS = [
-    "model", "defense", "condition", "label", "family", "modalities", "fill", "kind", "eps", "severity", "seed",
-    "n", "accuracy", "clean_accuracy", "attack_success_rate", "flags",
+    "model", "defense", "threat", "condition", "label", "family", "modalities", "fill", "kind", "eps", "severity",
+    "seed", "n", "accuracy", "clean_accuracy", "attack_success_rate", "flags",
 ]
 
 
-def missing_conditions(model: MultimodalModel, cfg: RunConfig) -> list[Condition]:
-    """The missing-modality conditions of ``cfg`` that apply to ``model``.
-
-    Single-modality models get none; ``drop`` is skipped for fusions that cannot drop.
-    """
-    mc = cfg.threats.missing
-    if mc is None or len(model.modalities) < 2:
-        return []
-    mods = model.modalities if mc.modalities == "each" else [m for m in mc.modalities if m in model.modalities]
-    out: list[Condition] = []
-    for m in mods:
-        for fill in mc.fills:
-            if fill == "drop" and not model.supports_drop:
-                continue
-            out.append(Missing(m, fill=fill))
-    return out
-
-
-def _check_config(cfg: RunConfig, modality_names: list[str]) -> None:
+def _check_config(cfg: RunConfig, spec: Any) -> None:
+    names = list(spec.names)
     labels = [m.label for m in cfg.models]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"models: duplicate model ids {labels}; give each an id")
     for i, m in enumerate(cfg.models):
-        if m.modality is not None and m.modality not in modality_names:
-            raise ConfigError(
-                f"models.{i}.modality: {m.modality!r} is not a modality of the dataset {modality_names}"
-            )
-    mc = cfg.threats.missing
-    if mc is not None and mc.modalities != "each":
-        for m in mc.modalities:
-            if m not in modality_names:
-                raise ConfigError(
-                    f"threats.missing.modalities: {m!r} is not a modality of the dataset {modality_names}"
-                )
+        if m.modality is not None and m.modality not in names:
+            raise ConfigError(f"models.{i}.modality: {m.modality!r} is not a modality of the dataset {names}")
+    check_threats(cfg, spec)
 
 
 def run(
@@ -93,7 +68,7 @@ def run(
     say = (lambda *_a, **_k: None) if quiet else print
 
     data = load_dataset(cfg.dataset.name, **cfg.dataset.model_dump(exclude={"name"}))
-    _check_config(cfg, data.spec.names)
+    _check_config(cfg, data.spec)
     say(f"[mmrobust] dataset {cfg.dataset.name}: {len(data.train)}/{len(data.val)}/{len(data.test)} "
         f"samples, modalities {data.spec.names} (checksum {data.meta['checksum'][:12]})")
 
@@ -103,7 +78,6 @@ def run(
     for mcfg in cfg.models:
         label = mcfg.label
         ckpt = folder / "models" / f"{label}.pt"
-        cell = folder / "cells" / f"{label}.json"
         if ckpt.exists():
             model = load_checkpoint(ckpt)
             info = model.checkpoint_meta.get("train", {})
@@ -119,22 +93,40 @@ def run(
             info = res.to_dict()
             say(f"[mmrobust] {label}: best val {100 * res.best_val_accuracy:.1f}% at epoch "
                 f"{res.best_epoch} ({res.seconds:.1f}s)")
-        if cell.exists():
-            stored = json.loads(cell.read_text())
-            rows, flags = stored["rows"], stored.get("flags", [])
-        else:
-            conds = missing_conditions(model, cfg)
-            result = evaluate(model, data.test, conds, batch_size=cfg.eval_batch_size, seed=cfg.seed,
-                              name=label, progress=not quiet)
-            result.save_samples(folder / "samples" / f"{label}.npz")
-            rows = [
-                {"model": label, "defense": "none", "seed": cfg.seed, "flags": "", **r}
-                for r in result.rows()
-            ]
-            flags = [{"model": label, **f} for f in result.flags]
-            write_json(cell, {"model": label, "rows": rows, "flags": flags})
+        rows = []
+        for i, group in enumerate(threat_groups(model, cfg)):
+            cell = folder / "cells" / label / f"{group.key}.json"
+            if cell.exists():
+                stored = json.loads(cell.read_text())
+                cell_rows, flags = stored["rows"], stored.get("flags", [])
+            else:
+                t = time.perf_counter()
+                result = evaluate(model, data.test, group.conditions, batch_size=cfg.eval_batch_size,
+                                  seed=cfg.seed, name=label, progress=not quiet)
+                result.save_samples(folder / "samples" / label / f"{group.key}.npz")
+                cell_rows = [
+                    {"model": label, "defense": "none", "threat": group.key, "seed": cfg.seed, "flags": "", **r}
+                    for r in result.rows()
+                ]
+                flags = [{"model": label, "threat": group.key, **f} for f in result.flags]
+                write_json(cell, {"model": label, "threat": group.key, "rows": cell_rows, "flags": flags,
+                                  "seconds": round(time.perf_counter() - t, 2)})
+                say(f"[mmrobust] {label}: {group.key} ({len(group.conditions)} conditions, "
+                    f"{time.perf_counter() - t:.1f}s)")
+            # every cell repeats the clean row; the results keep it once per model
+            rows.extend(r for r in cell_rows if i == 0 or r["condition"] != "clean")
+            all_flags.extend(flags)
+        if not rows:  # no threat applies: the clean accuracy alone
+            cell = folder / "cells" / label / "clean.json"
+            if cell.exists():
+                rows = json.loads(cell.read_text())["rows"]
+            else:
+                result = evaluate(model, data.test, [], batch_size=cfg.eval_batch_size, seed=cfg.seed, name=label,
+                                  progress=False)
+                rows = [{"model": label, "defense": "none", "threat": "clean", "seed": cfg.seed, "flags": "", **r}
+                        for r in result.rows()]
+                write_json(cell, {"model": label, "threat": "clean", "rows": rows, "flags": []})
         all_rows.extend(rows)
-        all_flags.extend(flags)
         models_info[label] = {
             "name": mcfg.name,
             "modalities": model.modalities,
@@ -163,26 +155,50 @@ def run(
 
 
 def headline(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Clean accuracy per model and, per fusion, the worst missing-modality accuracy."""
-    clean = {r["model"]: r["accuracy"] for r in rows if r["condition"] == "clean"}
-    worst: dict[str, float] = {}
+    """Headline numbers per model.
+
+    Clean accuracy, worst missing-modality accuracy, accuracy per attack threat at each ε (in grid
+    order), and the mean and worst corruption accuracy.
+    """
+    out: dict[str, dict[str, Any]] = {}
     for r in rows:
-        if r["family"] == "missing":
-            worst[r["model"]] = min(worst.get(r["model"], math.inf), r["accuracy"])
-    return {"clean_accuracy": clean, "worst_missing_accuracy": worst}
+        d = out.setdefault(r["model"], {})
+        fam, acc = r["family"], r["accuracy"]
+        if r["condition"] == "clean":
+            d["clean"] = acc
+        elif fam == "missing":
+            d["worst_missing"] = min(d.get("worst_missing", math.inf), acc)
+        elif fam == "attack":
+            d.setdefault("attacks", {}).setdefault(r["threat"], []).append(acc)
+        elif fam == "corruption":
+            d.setdefault("_corr", []).append(acc)
+    for d in out.values():
+        corr = d.pop("_corr", [])
+        if corr:
+            d["mean_corruption"] = sum(corr) / len(corr)
+            d["worst_corruption"] = min(corr)
+    return out
 
 
 def pivot_table(rows: list[dict[str, Any]]) -> str:
-    """One line per model: clean accuracy and accuracy with each modality missing, per fill."""
-    models: dict[str, dict[str, Any]] = {}
-    cols: list[str] = ["clean"]
-    for r in rows:
-        d = models.setdefault(r["model"], {"model": r["model"]})
-        if r["condition"] == "clean":
-            d["clean"] = r["accuracy"]
-        elif r["family"] == "missing":
-            key = f"-{r['modalities']}:{r.get('fill', '')}"
-            d[key] = r["accuracy"]
-            if key not in cols:
-                cols.append(key)
-    return format_table(list(models.values()), ["model", *cols])
+    """One line per model: clean, worst missing, each attack threat at each ε of its grid, corruptions."""
+    head = headline(rows)
+    cols: list[str] = ["clean", "worst missing"]
+    lines = []
+    for model, d in head.items():
+        line: dict[str, Any] = {"model": model, "clean": d.get("clean", ""),
+                                "worst missing": d.get("worst_missing", "")}
+        for threat, accs in d.get("attacks", {}).items():
+            for j, a in enumerate(accs, 1):
+                key = f"{threat} ε{j}"
+                line[key] = a
+                if key not in cols:
+                    cols.append(key)
+        for key in ("mean_corruption", "worst_corruption"):
+            if key in d:
+                name = key.replace("_", " ")
+                line[name] = d[key]
+                if name not in cols:
+                    cols.append(name)
+        lines.append(line)
+    return format_table(lines, ["model", *cols])

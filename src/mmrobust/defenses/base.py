@@ -19,7 +19,7 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 from mmrobust.datasets.dataset import DatasetBundle
-from mmrobust.errors import InputError
+from mmrobust.errors import InputError, UnsupportedError
 from mmrobust.models.base import MultimodalModel
 
 
@@ -52,6 +52,11 @@ class Defense(ABC):
         """Raise a clear :class:`~mmrobust.errors.InputError` if this defence cannot apply to ``model``."""
         if not isinstance(model, MultimodalModel):
             raise InputError(f"{self.name}: needs a mmrobust MultimodalModel, got {type(model).__name__}")
+        if getattr(model, "fusion", None) is None:  # e.g. mr.models.adapt(...) around a foreign module
+            raise UnsupportedError(
+                f"{self.name}: needs a model built from encoders and a fusion layer (mr.models.create); "
+                f"{type(model).__name__} wraps a foreign module whose internals defences cannot change"
+            )
 
     @abstractmethod
     def apply(
