@@ -3,20 +3,28 @@
 # environment in .venv, the CPU build of torch 2.13.0 (installed first, so pip never resolves a
 # CUDA build), then the package itself. Idempotent: rerunning only checks what is there.
 #   bash scripts/setup.sh        # runtime
-#   bash scripts/setup.sh dev    # + test and lint tools
+#   bash scripts/setup.sh dev    # + test and lint tools, chromium (Debian) for the report test
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-}"
 
-if ! command -v espeak-ng >/dev/null 2>&1; then
-  echo "[setup] installing espeak-ng (Debian package)"
+# apt_install CMD PACKAGE: install the Debian PACKAGE unless the command CMD already exists.
+apt_updated=""
+apt_install() {
+  command -v "$1" >/dev/null 2>&1 && return 0
+  echo "[setup] installing $2 (Debian package)"
   if [ "$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
-    echo "[setup] error: espeak-ng is missing and this user cannot install system packages;" >&2
-    echo "[setup] ask an administrator for: apt-get install espeak-ng" >&2
+    echo "[setup] error: $2 is missing and this user cannot install system packages;" >&2
+    echo "[setup] ask an administrator for: apt-get install $2" >&2
     exit 1
   fi
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq espeak-ng >/dev/null
+  if [ -z "$apt_updated" ]; then $SUDO apt-get update -qq; apt_updated=1; fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$2" >/dev/null
+}
+
+apt_install espeak-ng espeak-ng          # MM-Digits speech
+if [[ "$extras" == *dev* ]]; then
+  apt_install chromium chromium          # the test that renders report.html in a headless browser
 fi
 
 PY="${PYTHON:-python3}"

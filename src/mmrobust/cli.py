@@ -178,25 +178,18 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    import csv
-
+    from mmrobust.bench.report import read_rows, write_report
     from mmrobust.bench.runner import pivot_table
-    from mmrobust.errors import InputError
 
     folder = Path(args.run_dir)
-    path = folder / "results.csv"
-    if not path.is_file():
-        raise InputError(f"{folder} is not a run folder (no results.csv)")
-    with path.open() as f:
-        rows = [
-            {**r, "accuracy": float(r["accuracy"])} for r in csv.DictReader(f)
-        ]
+    rows = read_rows(folder)
     print(pivot_table(rows))
     summary = folder / "summary.json"
     if summary.is_file():
         s = json.loads(summary.read_text())
         print(f"\nseed {s.get('seed')}, git {s.get('provenance', {}).get('git_sha')}, "
               f"{s.get('wall_seconds')}s")
+    print(f"report: {write_report(folder)}")
     return 0
 
 
@@ -279,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
     r.set_defaults(func=_run)
 
-    rep = sub.add_parser("report", help="(re)print the summary of a run folder")
+    rep = sub.add_parser("report", help="(re)build report.html and the plots of a run folder, print its table")
     rep.add_argument("run_dir")
     rep.set_defaults(func=_report)
     return p

@@ -149,7 +149,11 @@ def run(
         "flags": all_flags,
     }
     write_json(folder / "summary.json", summary)
+    from mmrobust.bench.report import write_report
+
+    report = write_report(folder)
     print(pivot_table(all_rows))
+    say(f"[mmrobust] report: {report}")
     print(f"\n[mmrobust] run folder: {folder}  ({summary['wall_seconds']:.0f}s)")
     return folder
 

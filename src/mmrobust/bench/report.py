@@ -1,0 +1,358 @@
+"""``report.html``: a self-contained, offline report of a run folder, built from its results files only.
+
+:func:`write_report` reads ``results.csv``, ``summary.json`` and ``samples/<model>/<threat>.npz``
+and writes ``report.html`` (plots embedded as base64 PNG, no scripts, no network) plus each plot as
+a PNG beside it:
+
+* the headline table (one line per model: clean, worst missing modality, each attack threat at
+  each ε, corruptions);
+* ``accuracy_vs_eps.png``: accuracy against ε per attacked modality (for ``each`` attacks, the
+  accuracy under the attack on that modality alone, from the per-sample ``success/<m>`` info),
+  one line per model;
+* ``modality_matrix.png``: per model, the modality × perturbation heatmap (missing fills,
+  corruption families at their strongest severity, attacks at their largest ε);
+* the reliability flags in plain words (``docs/flags.md``), the provenance, and the full results
+  table.
+
+``mmrobust report RUN_DIR`` regenerates it; :func:`mmrobust.bench.runner.run` writes it at the end.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import math
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmrobust.errors import InputError
+from mmrobust.utils.io import atomic_write, write_text
+
+MODALITY_ORDER = ("image", "audio", "text")
+
+
+def read_rows(folder: Path) -> list[dict[str, Any]]:
+    """``results.csv`` with numeric columns parsed."""
+    path = folder / "results.csv"
+    if not path.is_file():
+        raise InputError(f"{folder} is not a run folder (no results.csv)")
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        for key in ("accuracy", "clean_accuracy", "attack_success_rate"):
+            r[key] = float(r[key]) if r.get(key) not in (None, "") else math.nan
+    return rows
+
+
+def radius_of(eps: str, modality: str) -> float | None:
+    """The radius of ``modality`` in an ``eps`` cell (``0.1`` or ``image:0.1/audio:0.05``)."""
+    if eps in ("", None):
+        return None
+    if ":" in eps:
+        for part in eps.split("/"):
+            k, _, v = part.partition(":")
+            if k == modality:
+                return float(v)
+        return None
+    return float(eps)
+
+
+def _modalities_of(row: dict[str, Any], samples: dict[str, np.ndarray]) -> list[str]:
+    mods = row.get("modalities", "")
+    if mods == "each":
+        prefix = _key(f"info/{row['condition']}/success/")
+        found = [k[len(prefix):] for k in samples if k.startswith(prefix)]
+        return sorted(found, key=lambda m: (MODALITY_ORDER.index(m) if m in MODALITY_ORDER else 99, m))
+    return [mods] if mods and "+" not in mods else []
+
+
+def _key(name: str) -> str:
+    """A samples-array name as stored in ``.npz`` files (``/`` written as ``__``)."""
+    return name.replace("/", "__")
+
+
+def _load_samples(folder: Path, model: str, threat: str) -> dict[str, np.ndarray]:
+    path = folder / "samples" / model / f"{threat}.npz"
+    if not path.is_file():
+        return {}
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def eps_curves(folder: Path, rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, list[tuple[float, float]]]]:
+    """``{(threat, modality): {model: [(ε, accuracy), ...]}}`` with (0, clean) first."""
+    clean = {r["model"]: r["accuracy"] for r in rows if r["condition"] == "clean"}
+    curves: dict[tuple[str, str], dict[str, list[tuple[float, float]]]] = defaultdict(dict)
+    by_cell: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        if r["family"] == "attack" and r.get("eps", "") != "":
+            by_cell[(r["model"], r["threat"])].append(r)
+    for (model, threat), cell in by_cell.items():
+        samples = _load_samples(folder, model, threat)
+        for r in cell:
+            for m in _modalities_of(r, samples):
+                e = radius_of(r["eps"], m)
+                if e is None:
+                    continue
+                key = _key(f"info/{r['condition']}/success/{m}")
+                acc = float(1.0 - samples[key].astype(bool).mean()) if key in samples else r["accuracy"]
+                pts = curves[(threat, m)].setdefault(model, [(0.0, clean[model])])
+                pts.append((e, acc))
+    for per_model in curves.values():
+        for pts in per_model.values():
+            pts.sort()
+    return dict(curves)
+
+
+def modality_matrix(
+    rows: list[dict[str, Any]], curves: dict[tuple[str, str], dict[str, list[tuple[float, float]]]] | None = None
+) -> dict[str, tuple[list[str], list[str], np.ndarray]]:
+    """Per model: (row labels = modalities, column labels = perturbations, accuracy matrix with NaN gaps).
+
+    Columns: ``missing:<fill>``; ``corruption`` (mean over kinds at the strongest severity); one per
+    attack threat at its largest ε. For ``each`` attacks the row ``each`` holds the per-sample worst
+    case and, given ``curves`` (:func:`eps_curves`), each modality's row its own attack's accuracy.
+    """
+    out = {}
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    for model in models:
+        mine = [r for r in rows if r["model"] == model and r["condition"] != "clean"]
+        cells: dict[tuple[str, str], list[float]] = defaultdict(list)
+        strongest: dict[str, int] = {}
+        for r in mine:
+            if r["family"] == "corruption" and r.get("severity"):
+                strongest[r["modalities"]] = max(strongest.get(r["modalities"], 0), int(float(r["severity"])))
+        last_attack: dict[tuple[str, str], float] = {}
+        for r in mine:
+            fam, mods = r["family"], r["modalities"]
+            if fam == "missing":
+                cells[(mods, f"missing:{r.get('fill', '')}")].append(r["accuracy"])
+            elif fam == "corruption" and int(float(r.get("severity") or 0)) == strongest.get(mods):
+                cells[(mods, "corruption")].append(r["accuracy"])
+            elif fam == "attack":
+                last_attack[(mods, r["threat"])] = r["accuracy"]  # rows come in grid order: keep the last ε
+        for (mods, threat), acc in last_attack.items():
+            cells[(mods, threat)] = [acc]
+        for (threat, m), per_model in (curves or {}).items():
+            if model in per_model and (m, threat) not in cells:
+                cells[(m, threat)] = [per_model[model][-1][1]]
+        if not cells:
+            continue
+        row_labels = sorted({k[0] for k in cells}, key=lambda m: (MODALITY_ORDER.index(m)
+                                                                   if m in MODALITY_ORDER else 90, m))
+        col_labels = list(dict.fromkeys(k[1] for k in cells))
+        mat = np.full((len(row_labels), len(col_labels)), np.nan)
+        for (mods, col), accs in cells.items():
+            mat[row_labels.index(mods), col_labels.index(col)] = float(np.mean(accs))
+        out[model] = (row_labels, col_labels, mat)
+    return out
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def plot_eps_curves(curves: dict[tuple[str, str], dict[str, list[tuple[float, float]]]]) -> bytes | None:
+    """One panel per (attack threat, modality), one line per model."""
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = list(curves)
+    cols = min(3, len(keys))
+    rows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
+    for ax, key in zip(axes.flat, keys, strict=False):
+        for model, pts in curves[key].items():
+            xs, ys = zip(*pts, strict=True)
+            ax.plot(xs, [100 * y for y in ys], marker="o", label=model)
+        ax.set_title(f"{key[0]} · {key[1]} attacked", fontsize=9)
+        ax.set_xlabel(f"ε ({key[1]} units)")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    legend: dict[str, Any] = {}
+    for ax in axes.flat:
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, h)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=min(len(legend), 7), fontsize=8)
+    data = _png(fig)
+    plt.close(fig)
+    return data
+
+
+def plot_matrices(mats: dict[str, tuple[list[str], list[str], np.ndarray]]) -> bytes | None:
+    """One accuracy heatmap per model (modality × perturbation)."""
+    if not mats:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(mats)
+    cols = min(2, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 2.6 * rows + 0.6), squeeze=False)
+    for ax, name in zip(axes.flat, names, strict=False):
+        r, c, m = mats[name]
+        ax.imshow(np.ma.masked_invalid(100 * m), vmin=0, vmax=100, cmap="RdYlGn", aspect="auto")
+        ax.set_xticks(range(len(c)), c, rotation=30, ha="right", fontsize=7)
+        ax.set_yticks(range(len(r)), r, fontsize=8)
+        ax.set_title(name, fontsize=9)
+        for i in range(len(r)):
+            for j in range(len(c)):
+                if not math.isnan(m[i, j]):
+                    ax.text(j, i, f"{100 * m[i, j]:.0f}", ha="center", va="center", fontsize=7)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.tight_layout()
+    data = _png(fig)
+    plt.close(fig)
+    return data
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str], pct: set[str] = frozenset()) -> str:
+    def cell(c: str, v: Any) -> str:
+        if c in pct and isinstance(v, float):
+            return "—" if math.isnan(v) else f"{100 * v:.1f}"
+        return html.escape(str(v))
+
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{cell(c, r.get(c, ''))}</td>" for c in columns) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _headline_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    from mmrobust.bench.runner import headline
+
+    head = headline(rows)
+    cols = ["model", "clean", "worst missing"]
+    out = []
+    for model, d in head.items():
+        line: dict[str, Any] = {"model": model, "clean": d.get("clean", math.nan),
+                                "worst missing": d.get("worst_missing", math.nan)}
+        for threat, accs in d.get("attacks", {}).items():
+            for j, a in enumerate(accs, 1):
+                key = f"{threat} ε{j}"
+                line[key] = a
+                cols.append(key) if key not in cols else None
+        for key in ("mean_corruption", "worst_corruption"):
+            if key in d:
+                name = key.replace("_", " ")
+                line[name] = d[key]
+                cols.append(name) if name not in cols else None
+        out.append(line)
+    return out, cols
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1150px;color:#222}
+h1{font-size:1.6em}h2{font-size:1.2em;margin-top:1.8em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:.85em;margin:.6em 0}th,td{border:1px solid #ccc;padding:3px 7px}
+th{background:#f3f3f3}td{text-align:right}td:first-child{text-align:left}
+img{max-width:100%;border:1px solid #eee}.flag{color:#a40}.ok{color:#070}.muted{color:#666;font-size:.85em}
+details{margin:.6em 0}
+"""
+
+
+def build_html(folder: Path, rows: list[dict[str, Any]], summary: dict[str, Any], plots: dict[str, bytes]) -> str:
+    """The report page (a string)."""
+    from mmrobust.reliability import FLAG_DOCS
+
+    name = summary.get("name", folder.name)
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>mmrobust report: "
+             f"{html.escape(str(name))}</title><style>{CSS}</style></head><body>",
+             f"<h1>mmrobust report — {html.escape(str(name))}</h1>"]
+    prov = summary.get("provenance", {})
+    ds = summary.get("dataset", {})
+    checksum = html.escape(str(ds.get("checksum", ""))[:12])
+    git = html.escape(str(prov.get("git_sha") or "n/a")[:12])
+    parts.append(
+        f"<p class='muted'>seed {summary.get('seed')} · dataset checksum {checksum} · git {git}"
+        f" · wall time {summary.get('wall_seconds', '?')} s"
+        f" · {len({r['model'] for r in rows})} models · {len(rows)} result rows</p>")
+    head_rows, cols = _headline_rows(rows)
+    parts.append("<h2>Headline</h2><p>Accuracy (%) on the test split: clean, with the worst missing modality, "
+                 "under each attack threat at each ε of its grid (εj = j-th radius; see the full table for values; "
+                 "<code>each</code> attacks count a sample as broken when any single-modality attack breaks it), "
+                 "and under random corruptions.</p>")
+    parts.append(_table(head_rows, cols, pct=set(cols) - {"model"}))
+    for key, title, text in (
+        ("accuracy_vs_eps", "Accuracy vs ε, one modality attacked",
+         "Each panel: one attack threat and one attacked modality (the others clean); ε in that modality's units; "
+         "the point at ε = 0 is clean accuracy."),
+        ("modality_matrix", "Modality × perturbation",
+         "Accuracy (%) per perturbed modality (rows) and perturbation (columns): missing-modality fills, corruptions "
+         "at their strongest severity (mean over kinds), attacks at their largest ε."),
+    ):
+        if key in plots:
+            b64 = base64.b64encode(plots[key]).decode()
+            parts.append(f"<h2>{title}</h2><p>{text}</p><img alt='{title}' src='data:image/png;base64,{b64}'>")
+    flags = summary.get("flags", [])
+    parts.append("<h2>Reliability flags</h2>")
+    if flags:
+        items = []
+        for f in flags:
+            what = FLAG_DOCS.get(f.get("name", ""), "")
+            where = f"{f.get('model', '')} · {f.get('condition') or 'model'}"
+            items.append(f"<li class='flag'><b>{html.escape(str(f.get('name')))}</b> — {html.escape(where)}: "
+                         f"{html.escape(str(f.get('message', '')))} "
+                         f"<span class='muted'>({html.escape(what)})</span></li>")
+        parts.append("<p>These results may overstate robustness where flagged (docs/flags.md):</p><ul>"
+                     + "".join(items) + "</ul>")
+    else:
+        parts.append("<p class='ok'>No reliability flag was raised: no sign of gradient masking, randomised models, "
+                     "attacks beaten by noise, non-monotone curves or failing unbounded attacks.</p>")
+    models = summary.get("models", {})
+    if models:
+        mrows = [{"model": k, **{c: v for c, v in m.items() if not isinstance(v, (list, dict))}}
+                 for k, m in models.items()]
+        mcols = list(dict.fromkeys(c for r in mrows for c in r))
+        parts.append("<h2>Models</h2>" + _table(mrows, mcols, pct={"val_accuracy", "test_accuracy"}))
+    full_cols = ["model", "defense", "threat", "label", "n", "accuracy", "attack_success_rate", "flags"]
+    parts.append("<h2>All results</h2><details><summary>" + f"{len(rows)} rows (results.csv)</summary>"
+                 + _table(rows, full_cols, pct={"accuracy", "attack_success_rate"}) + "</details>")
+    versions = prov.get("versions", {})
+    parts.append("<h2>Provenance</h2><p class='muted'>" + html.escape(
+        ", ".join(f"{k} {v}" for k, v in versions.items()) + f"; python {prov.get('python', '')}; "
+        f"platform {prov.get('platform', '')}") + "</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(folder: str | os.PathLike[str]) -> Path:
+    """(Re)build ``report.html`` and the PNG plots of the run folder ``folder``; returns the report's path."""
+    folder = Path(folder)
+    rows = read_rows(folder)
+    spath = folder / "summary.json"
+    summary = json.loads(spath.read_text()) if spath.is_file() else {}
+    plots = {}
+    curves = eps_curves(folder, rows)
+    curve_png = plot_eps_curves(curves)
+    if curve_png:
+        plots["accuracy_vs_eps"] = curve_png
+    matrix_png = plot_matrices(modality_matrix(rows, curves))
+    if matrix_png:
+        plots["modality_matrix"] = matrix_png
+    for key, data in plots.items():
+        with atomic_write(folder / f"{key}.png") as f:
+            f.write(data)
+    out = folder / "report.html"
+    write_text(out, build_html(folder, rows, summary, plots))
+    return out
