@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from mmrobust.errors import InputError
+from mmrobust.models.adapter import ModelAdapter, adapt
 from mmrobust.models.base import MultimodalModel
 from mmrobust.models.checkpoint import load_checkpoint as load
 from mmrobust.models.checkpoint import save_checkpoint as save
@@ -89,7 +90,9 @@ __all__ = [
     "FUSIONS",
     "MODELS",
     "Fusion",
+    "ModelAdapter",
     "MultimodalModel",
+    "adapt",
     "create",
     "load",
     "names",
