@@ -123,3 +123,69 @@ def test_report_renders_in_headless_chromium(small_run, tmp_path):
     img = mpimg.imread(shot)[..., :3]
     colours = np.unique((img * 255).astype(np.uint8).reshape(-1, 3), axis=0)
     assert len(colours) > 200
+
+
+USER_MODULE = '''
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    """A foreign model with a positional forward over image and audio."""
+
+    def __init__(self, hidden=8):
+        super().__init__()
+        self.a = nn.Linear(64, hidden)
+        self.b = nn.LazyLinear(hidden)
+        self.out = nn.Linear(2 * hidden, 10)
+
+    def forward(self, image, audio):
+        za = torch.relu(self.a(image.flatten(1)))
+        zb = torch.relu(self.b(audio.flatten(1)))
+        return self.out(torch.cat([za, zb], 1))
+'''
+
+
+def test_user_module_from_a_config(tmp_path, monkeypatch, mmdigits_tiny_cache, tmp_path_factory, capsys):
+    import torch
+
+    from conftest import copy_of
+
+    monkeypatch.setenv("MMROBUST_CACHE", str(copy_of(mmdigits_tiny_cache, tmp_path_factory, "user-cache")))
+    (tmp_path / "usermod.py").write_text(USER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import usermod
+
+    net = usermod.Net(hidden=8)
+    net(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 32, 64))  # materialise the lazy layer
+    torch.save(net.state_dict(), tmp_path / "net.pt")
+    cfg = tmp_path / "user.yaml"
+    cfg.write_text(
+        "name: user\ndataset: {size: tiny}\n"
+        "models: [{name: adapter, id: mine, module: 'usermod:Net', kwargs: {hidden: 8}, order: [image, audio], "
+        f"weights: '{tmp_path / 'net.pt'}'}}]\n"
+        "threats: {attacks: [{name: pgd, eps: [{image: 0.1, audio: 0.05}], params: {steps: 2}}], "
+        "corruptions: {kinds: [blur], severities: [2]}}\n"
+    )
+    assert main(["run", str(cfg), "--runs-dir", str(tmp_path / "runs"), "--quiet"]) == 0
+    folder = tmp_path / "runs" / "user"
+    rows = read_rows(folder)
+    assert {r["model"] for r in rows} == {"mine"}
+    assert {r["family"] for r in rows} == {"clean", "missing", "attack", "corruption"}
+    # the clean accuracy is the module's own, with the saved weights
+    from mmrobust.datasets import load
+
+    data = load("mmdigits", size="tiny")
+    x, y = data.test.batch(torch.arange(len(data.test)))
+    with torch.no_grad():
+        own = float((net.eval()(x["image"], x["audio"]).argmax(1) == y).float().mean())
+    assert next(r["accuracy"] for r in rows if r["condition"] == "clean") == pytest.approx(own)
+    capsys.readouterr()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models: [{name: adapter, module: 'usermod:Nope', order: [image]}]\ndataset: {size: tiny}\n")
+    assert main(["run", str(bad), "--runs-dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert "has no 'Nope'" in err and "Traceback" not in err
+    bad.write_text("models: [{name: late, order: [image]}]\n")
+    assert main(["run", str(bad), "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert "are for name: adapter" in capsys.readouterr().err

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mmrobust.attacks.missing import FILLS
 from mmrobust.errors import ConfigError
@@ -28,12 +28,33 @@ class DatasetConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    """One model of the grid: a registry name plus hyper-parameters."""
+    """One model of the grid: a registry name plus hyper-parameters, or your own ``nn.Module``.
 
-    name: str = Field(description="Model registry name: late, concat, attention, gated, unimodal.")
+    Your own module: ``name: adapter``, ``module: "package.module:factory"`` (a class or function
+    called with ``kwargs`` that returns the ``nn.Module``), ``order`` (the modalities its forward
+    takes, positionally, or by name with ``call: dict``), optionally ``weights`` (a ``state_dict``
+    file). It is evaluated as given (not trained); see ``mr.models.adapt``.
+    """
+
+    name: str = Field(description="Model registry name (late, concat, attention, gated, unimodal) or 'adapter'.")
     modality: str | None = Field(None, description="For unimodal models: the modality.")
     id: str | None = Field(None, description="Label in results (default: name or unimodal-<m>).")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra model hyper-parameters.")
+    module: str | None = Field(None, description="Adapter: import path 'package.module:factory' of your module.")
+    order: list[str] | None = Field(None, description="Adapter: the modalities your forward takes, in order.")
+    call: Literal["positional", "dict"] = Field("positional", description="Adapter: forward(x_a, x_b) or forward(x).")
+    weights: str | None = Field(None, description="Adapter: a state_dict file to load into your module.")
+
+    @model_validator(mode="after")
+    def _adapter(self) -> ModelConfig:
+        if self.name == "adapter":
+            if not self.module or not self.order:
+                raise ValueError("an adapter model needs module: 'package.module:factory' and order: [modalities]")
+            if ":" not in self.module:
+                raise ValueError(f"module must be written 'package.module:factory', got {self.module!r}")
+        elif self.module or self.order or self.weights:
+            raise ValueError("module, order and weights are for name: adapter (your own nn.Module)")
+        return self
 
     @property
     def label(self) -> str:

@@ -44,7 +44,51 @@ def _check_config(cfg: RunConfig, spec: Any) -> None:
     for i, m in enumerate(cfg.models):
         if m.modality is not None and m.modality not in names:
             raise ConfigError(f"models.{i}.modality: {m.modality!r} is not a modality of the dataset {names}")
+        if m.name == "adapter":
+            user_model(m, spec)  # import, build and wrap now: a bad entry fails before anything trains
     check_threats(cfg, spec)
+
+
+def user_model(mcfg: Any, spec: Any) -> Any:
+    """Import, build, load and wrap the user's ``nn.Module`` of an ``adapter`` model entry.
+
+    Raises:
+        ConfigError: the import path, factory, weights file or modality order is wrong (one clear line).
+    """
+    import importlib
+
+    import torch
+
+    from mmrobust.errors import MMRobustError
+    from mmrobust.models.adapter import adapt
+
+    mod_name, _, attr = mcfg.module.partition(":")
+    try:
+        factory = getattr(importlib.import_module(mod_name), attr)
+    except ImportError as e:
+        raise ConfigError(f"models ({mcfg.label}): cannot import {mod_name!r}: {e}") from None
+    except AttributeError:
+        raise ConfigError(f"models ({mcfg.label}): module {mod_name!r} has no {attr!r}") from None
+    try:
+        module = factory(**mcfg.kwargs)
+    except TypeError as e:
+        raise ConfigError(f"models ({mcfg.label}): {mcfg.module}(**kwargs) failed: {e}") from None
+    if not isinstance(module, torch.nn.Module):
+        raise ConfigError(f"models ({mcfg.label}): {mcfg.module} returned {type(module).__name__}, not an nn.Module")
+    if mcfg.weights:
+        path = Path(mcfg.weights)
+        if not path.is_file():
+            raise ConfigError(f"models ({mcfg.label}): weights file {path} does not exist")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            module.load_state_dict(state)
+        except Exception as e:  # torch raises many types for damaged or mismatched files
+            first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+            raise ConfigError(f"models ({mcfg.label}): cannot load weights {path}: {first}") from None
+    try:
+        return adapt(module.eval(), spec, mcfg.order, call=mcfg.call, name=mcfg.label)
+    except MMRobustError as e:
+        raise ConfigError(f"models ({mcfg.label}): {e}") from None
 
 
 def run(
@@ -78,7 +122,11 @@ def run(
     for mcfg in cfg.models:
         label = mcfg.label
         ckpt = folder / "models" / f"{label}.pt"
-        if ckpt.exists():
+        if mcfg.name == "adapter":
+            model = user_model(mcfg, data.spec)
+            info = {"module": mcfg.module, "weights": mcfg.weights}
+            say(f"[mmrobust] {label}: your module {mcfg.module} ({model.modalities}), evaluated as given")
+        elif ckpt.exists():
             model = load_checkpoint(ckpt)
             info = model.checkpoint_meta.get("train", {})
             say(f"[mmrobust] {label}: checkpoint found, skipping training")
