@@ -108,6 +108,8 @@ def run(
             f"run folder {folder} holds a different config; choose another --name or delete it"
         )
     folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.rglob(".*.tmp"):  # temporary files of a killed run (finished files are whole)
+        stale.unlink(missing_ok=True)
     write_text(cfg_path, resolved)
     say = (lambda *_a, **_k: None) if quiet else print
 
