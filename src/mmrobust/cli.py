@@ -173,8 +173,30 @@ def _run(args: argparse.Namespace) -> int:
     from mmrobust.bench import load_config, run
 
     cfg = load_config(args.config)
-    run(cfg, runs_dir=args.runs_dir, name=args.name, quiet=args.quiet)
+    group = _init_distributed()
+    try:
+        run(cfg, runs_dir=args.runs_dir, name=args.name, quiet=args.quiet)
+    finally:
+        if group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
     return 0
+
+
+def _init_distributed() -> bool:
+    """Join the process group when launched by ``torchrun`` (gloo on CPU, NCCL on GPU); False otherwise."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return False
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return True
 
 
 def _report(args: argparse.Namespace) -> int:

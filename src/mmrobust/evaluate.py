@@ -162,6 +162,25 @@ def rows_to_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = 
     return buf.getvalue()
 
 
+def _world() -> tuple[int, int]:
+    """(world size, rank) of the default ``torch.distributed`` group, or (1, 0) outside one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+def _gather(records: list[dict[str, Any]], flags: list[Flag]) -> tuple[list[dict[str, Any]], list[Flag]]:
+    """All ranks' batch records and first-batch flags, on every rank (``all_gather_object``)."""
+    import torch.distributed as dist
+
+    world = dist.get_world_size()
+    parts: list[Any] = [None] * world
+    dist.all_gather_object(parts, (records, flags))
+    return [r for recs, _ in parts for r in recs], [f for _, fl in parts for f in fl]
+
+
 def evaluate(
     model: MultimodalModel,
     dataset: MultimodalDataset,
@@ -182,6 +201,10 @@ def evaluate(
         batch_size: Samples per batch.
         seed: Seeds each batch's randomness (generator seeded by ``seed`` and the batch's first
             sample index), so results do not depend on the order batches run in.
+            Inside an initialised ``torch.distributed`` process group (e.g. under ``torchrun``) the
+            batches are sharded over the ranks (batch b on rank b mod world size, no duplicates),
+            then every rank gathers every per-sample outcome: each rank returns the same result as
+            one process would.
         name: Model name for tables (default: its registry name).
         progress: Show a progress bar.
         checks: Run the reliability checks of methods.md §8 (``True``: default thresholds, or a
@@ -208,59 +231,69 @@ def evaluate(
             raise InputError(f"conditions must be mmrobust conditions, got {type(c).__name__}")
         c.check(model)
     data = dataset.select(model.modalities)
+    world, rank = _world()
     was_training = model.training
     model.eval()
-    preds: dict[str, list[np.ndarray]] = {"clean": []} | {i: [] for i in ids}
-    index, labels = [], []
     from tqdm.auto import tqdm
 
     for c in conditions:
         c.prepare(model, data, EvalContext(stats=data.stats, generator=torch.Generator().manual_seed(seed), seed=seed))
-    info: dict[str, list[np.ndarray]] = {}
     checker = ReliabilityChecks() if checks is True else (checks or None)
-    flags: list[Flag] = []
+    first_flags: list[Flag] = []
     gradient = {cid for c, cid in zip(conditions, ids, strict=True) if isinstance(c, GradientAttack)}
-    noise: dict[str, list[torch.Tensor]] = {cid: [] for cid in gradient}
-    robust: dict[str, list[torch.Tensor]] = {cid: [] for cid in gradient}
-    batches = data.batches(batch_size)
+    records: list[dict[str, Any]] = []
     total = (len(data) + batch_size - 1) // batch_size
-    for x, y, idx in tqdm(batches, total=total, disable=not progress, desc="evaluate", leave=False):
+    mine = sum(1 for b in range(total) if b % world == rank)
+    bar = tqdm(total=mine, disable=not progress, desc="evaluate", leave=False)
+    for b, (x, y, idx) in enumerate(data.batches(batch_size)):
+        if b % world != rank:  # torch.distributed: batch b is evaluated by rank b mod world size
+            continue
+        rec: dict[str, Any] = {"b": b, "index": idx.numpy(), "label": y.numpy(), "pred": {}, "info": {},
+                               "noise": {}, "robust": {}}
         with torch.no_grad():
             clean_logits = model(x)
-        preds["clean"].append(clean_logits.argmax(1).numpy())
-        if checker is not None and not index:  # first batch
-            flags += checker.model_flags(model, x, clean_logits)
+        rec["pred"]["clean"] = clean_logits.argmax(1).numpy()
+        if checker is not None and b == 0:  # first batch
+            first_flags += checker.model_flags(model, x, clean_logits)
             for c, cid in zip(conditions, ids, strict=True):
                 if cid in gradient:
-                    flags += checker.gradient_flags(model, c, x, y)
+                    first_flags += checker.gradient_flags(model, c, x, y)
             if gradient:
                 g = torch.Generator().manual_seed(seed * 1_000_003 + 17)
-                flags += checker.unbounded_flags(model, x, y, g)
+                first_flags += checker.unbounded_flags(model, x, y, g)
         for c, cid in zip(conditions, ids, strict=False):
             g = torch.Generator().manual_seed(seed * 1_000_003 + int(idx[0]))
             out = c.apply(model, x, y, EvalContext(stats=data.stats, generator=g, seed=seed))
             with torch.no_grad():
                 pred = model(out.x, drop=out.drop, embeddings=out.embeddings or None).argmax(1)
-            preds[cid].append(pred.numpy())
+            rec["pred"][cid] = pred.numpy()
             if checker is not None and cid in gradient:
                 g = torch.Generator().manual_seed(seed * 1_000_003 + int(idx[0]) + 7_919)
                 ns = checker.noise_success(model, c, x, y, g)
                 if ns is not None:
-                    noise[cid].append(ns.cpu())
-                    robust[cid].append((pred == y).cpu())
+                    rec["noise"][cid] = ns.cpu()
+                    rec["robust"][cid] = (pred == y).cpu()
             for k, v in out.info.items():
-                info.setdefault(f"info/{cid}/{k}", []).append(_per_sample_info(v, len(y), cid, k))
-        index.append(idx.numpy())
-        labels.append(y.numpy())
+                rec["info"][f"info/{cid}/{k}"] = _per_sample_info(v, len(y), cid, k)
+        records.append(rec)
+        bar.update(1)
+    bar.close()
     model.train(was_training)
+    if world > 1:  # every rank gets every batch's outcomes, in batch order, and computes the same flags
+        records, first_flags = _gather(records, first_flags)
+    records.sort(key=lambda r: r["b"])
     cat = lambda a: np.concatenate(a) if a else np.zeros(0, np.int64)  # noqa: E731
-    samples = {"index": cat(index), "label": cat(labels)}
-    samples.update({f"pred/{k}": cat(v) for k, v in preds.items()})
-    samples.update({k: np.concatenate(v) for k, v in info.items()})
+    samples = {"index": cat([r["index"] for r in records]), "label": cat([r["label"] for r in records])}
+    samples.update({f"pred/{k}": cat([r["pred"][k] for r in records]) for k in ["clean", *ids]})
+    info_keys = list(dict.fromkeys(k for r in records for k in r["info"]))
+    samples.update({k: np.concatenate([r["info"][k] for r in records]) for k in info_keys})
+    flags: list[Flag] = list(first_flags)
     if checker is not None:
-        for cid in gradient:
-            if noise[cid]:
-                flags += checker.noise_flags(cid, torch.cat(noise[cid]), torch.cat(robust[cid]))
+        for cid in ids:
+            noise = [r["noise"][cid] for r in records if cid in r["noise"]]
+            if cid in gradient and noise:
+                robust = [r["robust"][cid] for r in records if cid in r["noise"]]
+                flags += checker.noise_flags(cid, torch.cat(noise), torch.cat(robust))
     result = EvaluationResult(
         model=name or model.config.get("name", model.fusion_name),
         seed=seed,

@@ -49,6 +49,37 @@ def _check_config(cfg: RunConfig, spec: Any) -> None:
     check_threats(cfg, spec)
 
 
+def dist_world() -> int:
+    """World size of the ``torch.distributed`` group (1 outside one)."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _barrier() -> None:
+    if dist_world() > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _from_main(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank (so all ranks take the same branch); ``value`` itself outside a group."""
+    if dist_world() == 1:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def user_model(mcfg: Any, spec: Any) -> Any:
     """Import, build, load and wrap the user's ``nn.Module`` of an ``adapter`` model entry.
 
@@ -107,11 +138,16 @@ def run(
         raise ConfigError(
             f"run folder {folder} holds a different config; choose another --name or delete it"
         )
-    folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.rglob(".*.tmp"):  # temporary files of a killed run (finished files are whole)
-        stale.unlink(missing_ok=True)
-    write_text(cfg_path, resolved)
-    say = (lambda *_a, **_k: None) if quiet else print
+    # Under torchrun every rank runs this function: rank 0 trains and writes every file, all ranks
+    # evaluate their shard of each cell (mmrobust.evaluate gathers the per-sample outcomes).
+    main = _rank() == 0
+    if main:
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.rglob(".*.tmp"):  # temporary files of a killed run (finished files are whole)
+            stale.unlink(missing_ok=True)
+        write_text(cfg_path, resolved)
+    _barrier()
+    say = (lambda *_a, **_k: None) if quiet or not main else print
 
     data = load_dataset(cfg.dataset.name, **cfg.dataset.model_dump(exclude={"name"}))
     _check_config(cfg, data.spec)
@@ -128,39 +164,46 @@ def run(
             model = user_model(mcfg, data.spec)
             info = {"module": mcfg.module, "weights": mcfg.weights}
             say(f"[mmrobust] {label}: your module {mcfg.module} ({model.modalities}), evaluated as given")
-        elif ckpt.exists():
+        elif _from_main(ckpt.exists()):
             model = load_checkpoint(ckpt)
             info = model.checkpoint_meta.get("train", {})
             say(f"[mmrobust] {label}: checkpoint found, skipping training")
         else:
-            kwargs = dict(mcfg.kwargs)
-            if mcfg.modality is not None:
-                kwargs["modality"] = mcfg.modality
-            model = create_model(mcfg.name, data.spec, seed=cfg.seed, **kwargs)
-            say(f"[mmrobust] {label}: training ({model.modalities}, fusion {model.fusion_name})")
-            res = train(model, data, cfg.train.model_copy(update={"seed": cfg.seed, "quiet": quiet or cfg.train.quiet}),
-                        checkpoint=ckpt)
-            info = res.to_dict()
-            say(f"[mmrobust] {label}: best val {100 * res.best_val_accuracy:.1f}% at epoch "
-                f"{res.best_epoch} ({res.seconds:.1f}s)")
+            if main:
+                kwargs = dict(mcfg.kwargs)
+                if mcfg.modality is not None:
+                    kwargs["modality"] = mcfg.modality
+                model = create_model(mcfg.name, data.spec, seed=cfg.seed, **kwargs)
+                say(f"[mmrobust] {label}: training ({model.modalities}, fusion {model.fusion_name})")
+                res = train(model, data, cfg.train.model_copy(update={"seed": cfg.seed,
+                                                                      "quiet": quiet or cfg.train.quiet}),
+                            checkpoint=ckpt)
+                say(f"[mmrobust] {label}: best val {100 * res.best_val_accuracy:.1f}% at epoch "
+                    f"{res.best_epoch} ({res.seconds:.1f}s)")
+            _barrier()
+            if not main:
+                model = load_checkpoint(ckpt)
+            info = model.checkpoint_meta.get("train", {}) if not main else res.to_dict()
         rows = []
         for i, group in enumerate(threat_groups(model, cfg)):
             cell = folder / "cells" / label / f"{group.key}.json"
-            if cell.exists():
+            if _from_main(cell.exists()):
                 stored = json.loads(cell.read_text())
                 cell_rows, flags = stored["rows"], stored.get("flags", [])
             else:
                 t = time.perf_counter()
                 result = evaluate(model, data.test, group.conditions, batch_size=cfg.eval_batch_size,
-                                  seed=cfg.seed, name=label, progress=not quiet)
-                result.save_samples(folder / "samples" / label / f"{group.key}.npz")
+                                  seed=cfg.seed, name=label, progress=not quiet and main)
                 cell_rows = [
                     {"model": label, "defense": "none", "threat": group.key, "seed": cfg.seed, "flags": "", **r}
                     for r in result.rows()
                 ]
                 flags = [{"model": label, "threat": group.key, **f} for f in result.flags]
-                write_json(cell, {"model": label, "threat": group.key, "rows": cell_rows, "flags": flags,
-                                  "seconds": round(time.perf_counter() - t, 2)})
+                if main:
+                    result.save_samples(folder / "samples" / label / f"{group.key}.npz")
+                    write_json(cell, {"model": label, "threat": group.key, "rows": cell_rows, "flags": flags,
+                                      "seconds": round(time.perf_counter() - t, 2)})
+                _barrier()
                 say(f"[mmrobust] {label}: {group.key} ({len(group.conditions)} conditions, "
                     f"{time.perf_counter() - t:.1f}s)")
             # every cell repeats the clean row; the results keep it once per model
@@ -168,14 +211,16 @@ def run(
             all_flags.extend(flags)
         if not rows:  # no threat applies: the clean accuracy alone
             cell = folder / "cells" / label / "clean.json"
-            if cell.exists():
+            if _from_main(cell.exists()):
                 rows = json.loads(cell.read_text())["rows"]
             else:
                 result = evaluate(model, data.test, [], batch_size=cfg.eval_batch_size, seed=cfg.seed, name=label,
                                   progress=False)
                 rows = [{"model": label, "defense": "none", "threat": "clean", "seed": cfg.seed, "flags": "", **r}
                         for r in result.rows()]
-                write_json(cell, {"model": label, "threat": "clean", "rows": rows, "flags": []})
+                if main:
+                    write_json(cell, {"model": label, "threat": "clean", "rows": rows, "flags": []})
+                _barrier()
         all_rows.extend(rows)
         models_info[label] = {
             "name": mcfg.name,
@@ -185,7 +230,8 @@ def run(
             "val_accuracy": info.get("best_val_accuracy"),
             "test_accuracy": next(r["accuracy"] for r in rows if r["condition"] == "clean"),
         }
-        write_text(folder / "results.csv", rows_to_csv(all_rows, RESULT_COLUMNS))
+        if main:
+            write_text(folder / "results.csv", rows_to_csv(all_rows, RESULT_COLUMNS))
 
     summary = {
         "name": name or cfg.name,
@@ -198,6 +244,10 @@ def run(
         "headline": headline(all_rows),
         "flags": all_flags,
     }
+    if not main:
+        return folder
+    if dist_world() > 1:
+        summary["world_size"] = dist_world()
     write_json(folder / "summary.json", summary)
     from mmrobust.bench.report import write_report
 
