@@ -18,11 +18,13 @@ from mmrobust.attacks.apgd import APGD
 from mmrobust.attacks.base import Condition, ConditionOutput, EvalContext
 from mmrobust.attacks.corruptions import Corruption
 from mmrobust.attacks.decoupling import Decoupling, asr_curve
+from mmrobust.attacks.evade import Evade
 from mmrobust.attacks.fgsm import FGSM
 from mmrobust.attacks.gradient import LOSSES, AttackOutput, GradientAttack
 from mmrobust.attacks.missing import FILLS, Missing
 from mmrobust.attacks.pgd import PGD
 from mmrobust.attacks.threat import ResolvedThreat, ThreatModel
+from mmrobust.attacks.transfer import Transfer
 from mmrobust.attacks.universal import Universal
 from mmrobust.registry import Registry
 
@@ -34,6 +36,8 @@ ATTACKS.register("pgd")(PGD)
 ATTACKS.register("decoupling")(Decoupling)
 ATTACKS.register("apgd")(APGD)
 ATTACKS.register("universal")(Universal)
+ATTACKS.register("transfer")(Transfer)
+ATTACKS.register("evade")(Evade)
 
 
 def create(name: str, **hparams: Any) -> Condition:
@@ -58,11 +62,13 @@ __all__ = [
     "ConditionOutput",
     "Corruption",
     "Decoupling",
+    "Evade",
     "EvalContext",
     "GradientAttack",
     "Missing",
     "ResolvedThreat",
     "ThreatModel",
+    "Transfer",
     "Universal",
     "asr_curve",
     "create",

@@ -35,6 +35,8 @@ from mmrobust.certify.radius import (
     certified_accuracy_curve,
     certify,
     certify_dataset,
+    crmt_pair_constants,
+    crmt_radii,
     radii_from_margins,
 )
 from mmrobust.certify.spectral import conv_matrix, conv_norm_bound, conv_power_norm, linear_norm
@@ -56,6 +58,8 @@ __all__ = [
     "conv_matrix",
     "conv_norm_bound",
     "conv_power_norm",
+    "crmt_pair_constants",
+    "crmt_radii",
     "empirical_lipschitz",
     "encoder_layers",
     "late_head",

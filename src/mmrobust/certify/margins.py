@@ -13,8 +13,11 @@ of the model, all present). The uni-modal margin of class y over class k is
 
     ζ_k^(m)(x) = (W_y^(m) − W_k^(m)) φ_m(x_m),
 
-and the fused margin is s_y − s_k = Σ_m ζ_k^(m)(x) + (b_y − b_k). Modalities that are held fixed
-(token ids, which are not ℓ2-perturbable) still contribute their ζ to this numerator.
+and the fused margin is s_y − s_k = Σ_m ζ_k^(m)(x) + (b_y − b_k). The CRMT head
+(:class:`~mmrobust.models.fusion.crmt.CRMTFusion`) already has this form with
+W^(m) = diag(a^(m)) W̃^(m); its fusion hands over the effective weights through ``effective_head()``.
+Modalities that are held fixed (token ids, which are not ℓ2-perturbable) still contribute their ζ
+to this numerator.
 """
 
 from __future__ import annotations
@@ -49,7 +52,9 @@ def late_head(model: Any) -> LateHead:
 
     Args:
         model: A model whose fusion is :class:`~mmrobust.models.fusion.late.LateFusion` (``late``
-            models and ``unimodal`` models).
+            models and ``unimodal`` models), or a late fusion that exposes its equivalent linear head
+            through ``effective_head() -> ({m: W^(m)}, b)`` (the CRMT head,
+            :class:`~mmrobust.models.fusion.crmt.CRMTFusion`: W^(m) = diag(a^(m)) W̃^(m)).
 
     Returns:
         The :class:`LateHead` (detached tensors on the model's device).
@@ -61,7 +66,13 @@ def late_head(model: Any) -> LateHead:
     from mmrobust.models.fusion.late import LateFusion
 
     fusion = getattr(model, "fusion", None)
-    if not isinstance(fusion, LateFusion) or not isinstance(getattr(model, "head", None), nn.Identity):
+    plain_head = isinstance(getattr(model, "head", None), nn.Identity)
+    effective = getattr(fusion, "effective_head", None)
+    if plain_head and getattr(fusion, "late", False) and callable(effective):  # e.g. the CRMT head
+        weights, folded = effective()
+        names = tuple(model.modalities)
+        return LateHead(names, {m: weights[m].detach() for m in names}, folded.detach())
+    if not isinstance(fusion, LateFusion) or not plain_head:
         name = getattr(model, "fusion_name", type(fusion).__name__ if fusion is not None else type(model).__name__)
         raise UnsupportedError(
             f"the CRMT certificate needs a late-fusion model (fused logits = Σ_m W^(m) φ_m(x_m) + b); this model "

@@ -18,6 +18,10 @@ class y is not the strict arg-max of the logits gets r = 0; g_k > 0 with τ = 0 
 margin does not depend on the perturbed modalities). The certificate is a guarantee with ``sound``
 constants and an estimate with ``empirical`` ones.
 
+For the CRMT head W^(m) = diag(a^(m)) W̃^(m), :func:`crmt_radii` gives CRMT's own radius, whose
+denominator is factored through a^(m) and the per-class constants τ̃ of the directions W̃; with the
+same samples it is never larger than the generic radius above (see its docstring).
+
 **Certified accuracy** at radius ε: the fraction of samples whose label y gets r(x) > ε (so at
 ε = 0 it is the accuracy with ties counted as errors).
 """
@@ -66,6 +70,55 @@ def radii_from_margins(margin: Tensor, label: Tensor, tau: Tensor) -> tuple[Tens
     nearest = torch.where(torch.isinf(joint), y, nearest)
     single = torch.stack([ratio(g, t[c]).amin(1) for c in range(t.shape[0])], 0) if t.shape[0] else g.new_zeros(0, n)
     return joint.clamp_min(0.0), single.clamp_min(0.0), nearest
+
+
+def crmt_pair_constants(scale: Tensor, tau: Tensor) -> Tensor:
+    """The CRMT head's a-factored denominators, as pair constants for :func:`radii_from_margins`.
+
+    For the CRMT head W^(m) = diag(a^(m)) W̃^(m) (:class:`~mmrobust.models.fusion.crmt.CRMTFusion`) with
+    τ̃_k^(m) the Lipschitz constant of x_m ↦ W̃_k^(m) φ_m(x_m), the margin x_m ↦ a_j s_j^(m) − a_k s_k^(m)
+    is (a_j τ̃_j + a_k τ̃_k)-Lipschitz (triangle inequality; a >= 0). Differentiable in ``scale``.
+
+    Args:
+        scale: a^(m) of the C perturbed modalities, (C, K), >= 0.
+        tau: τ̃^(m) of the same modalities, (C, K).
+
+    Returns:
+        (C, K, K) with [m, j, k] = a_j^(m) τ̃_j^(m) + a_k^(m) τ̃_k^(m) off the diagonal and 0 on it.
+    """
+    if scale.shape != tau.shape or scale.dim() != 2:
+        raise InputError(f"scale and tau must both be (C, K), got {tuple(scale.shape)} and {tuple(tau.shape)}")
+    t = scale * tau.to(scale)
+    k = t.shape[1]
+    eye = torch.eye(k, dtype=torch.bool, device=t.device)
+    return (t[:, :, None] + t[:, None, :]).masked_fill(eye, 0.0)
+
+
+def crmt_radii(margin: Tensor, label: Tensor, scale: Tensor, tau: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """CRMT's own certified radius, with the a-factored denominator (Yang et al., ICLR 2024, §3 of ``methods.md``).
+
+    Joint ℓ2 ball over the C perturbed modalities, and each modality alone:
+
+        r(x)     = min_{k≠y} (s_y − s_k)(x) / (Σ_m (a_y^(m) τ̃_y^(m) + a_k^(m) τ̃_k^(m))²)^{1/2}
+        r^(m)(x) = min_{k≠y} (s_y − s_k)(x) / (a_y^(m) τ̃_y^(m) + a_k^(m) τ̃_k^(m))
+
+    The numerator is the fused margin (all modalities, bias included), the same as in the generic radius.
+    With the same samples (``empirical``) the generic pair constant τ_{yk}^(m) of the effective head is at
+    most a_y τ̃_y + a_k τ̃_k (the norm of a difference of gradients is at most the sum of their norms), so
+    the generic radius of :func:`certify` is at least this one; the a-factored form is what CRMT's step 2
+    can differentiate in a without re-estimating any constant.
+
+    Args:
+        margin: s_y − s_k, (N, K).
+        label: y, (N,).
+        scale: a^(m) of the perturbed modalities, (C, K).
+        tau: τ̃^(m) of the same modalities, (C, K) (e.g. ``LipschitzConstants.per_class`` of the
+            direction-only head, :func:`mmrobust.defenses.crmt.direction_lipschitz`).
+
+    Returns:
+        ``joint`` (N,), ``single`` (C, N), ``nearest`` (N,), as :func:`radii_from_margins` (float64, >= 0).
+    """
+    return radii_from_margins(margin, label, crmt_pair_constants(scale.detach().double(), tau.detach().double()))
 
 
 @dataclass

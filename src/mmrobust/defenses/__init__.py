@@ -9,10 +9,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from mmrobust.defenses.adversarial import AdversarialTraining
 from mmrobust.defenses.base import Defense
+from mmrobust.defenses.crmt import CRMT
+from mmrobust.defenses.dropout import ModalityDropout
+from mmrobust.defenses.jr import JR
+from mmrobust.defenses.mixup import MixUp, PlainMixUp
+from mmrobust.defenses.ooo import OddOneOut
 from mmrobust.registry import Registry
 
 DEFENSES: Registry[Defense] = Registry("defense")
+DEFENSES.register("mixup")(MixUp)
+DEFENSES.register("plain_mixup")(PlainMixUp)
+DEFENSES.register("adversarial_training")(AdversarialTraining)
+DEFENSES.register("modality_dropout")(ModalityDropout)
+DEFENSES.register("ooo")(OddOneOut)
+DEFENSES.register("crmt")(CRMT)
+DEFENSES.register("jr")(JR)
 
 
 def create(name: str, **hparams: Any) -> Defense:
@@ -25,4 +38,16 @@ def names() -> list[str]:
     return DEFENSES.names()
 
 
-__all__ = ["DEFENSES", "Defense", "create", "names"]
+__all__ = [
+    "CRMT",
+    "DEFENSES",
+    "JR",
+    "AdversarialTraining",
+    "Defense",
+    "MixUp",
+    "ModalityDropout",
+    "OddOneOut",
+    "PlainMixUp",
+    "create",
+    "names",
+]

@@ -1,10 +1,13 @@
-"""Fusion layers and their registry (``late``, ``concat``, ``attention``, ``gated``)."""
+"""Fusion layers and their registry (``late``, ``concat``, ``attention``, ``gated``, ``crmt``, ``ooo``, ``jr``)."""
 
 from mmrobust.models.fusion.attention import AttentionFusion
 from mmrobust.models.fusion.base import Fusion
 from mmrobust.models.fusion.concat import ConcatFusion
+from mmrobust.models.fusion.crmt import CRMTFusion
 from mmrobust.models.fusion.gated import GatedFusion
+from mmrobust.models.fusion.jr import JRFusion
 from mmrobust.models.fusion.late import LateFusion
+from mmrobust.models.fusion.ooo import OddOneOutFusion
 from mmrobust.registry import Registry
 
 FUSIONS: Registry[Fusion] = Registry("fusion")
@@ -12,5 +15,18 @@ FUSIONS.register("late")(LateFusion)
 FUSIONS.register("concat")(ConcatFusion)
 FUSIONS.register("attention")(AttentionFusion)
 FUSIONS.register("gated")(GatedFusion)
+FUSIONS.register("crmt")(CRMTFusion)
+FUSIONS.register("ooo")(OddOneOutFusion)
+FUSIONS.register("jr")(JRFusion)
 
-__all__ = ["FUSIONS", "AttentionFusion", "ConcatFusion", "Fusion", "GatedFusion", "LateFusion"]
+__all__ = [
+    "FUSIONS",
+    "AttentionFusion",
+    "CRMTFusion",
+    "ConcatFusion",
+    "Fusion",
+    "GatedFusion",
+    "JRFusion",
+    "LateFusion",
+    "OddOneOutFusion",
+]

@@ -1,0 +1,328 @@
+"""JR: training-free robust late fusion by sample-wise Jacobian regularisation.
+
+Gao, Ren, Xue, Li, Zhao. *Training-Free Robust Multimodal Learning via Sample-Wise Jacobian
+Regularization*. arXiv 2204.02485 (2022). Our reading (methods.md §2; the paper's equations are not
+public in full): on a trained late (CI) fusion s₀ = Σ_m z_m − (M−1) log π, re-weight each modality's
+logits per sample, s(W) = Σ_m W_m z_m − (M−1) log π with
+W_m = argmin_W ‖S W G_m‖_F² + γ‖W − I‖_F², S the softmax Jacobian at the undefended fused point.
+The maths and the modes live in :mod:`mmrobust.models.fusion.jr` (the fusion layer) and
+:mod:`mmrobust.defenses.sylvester` (the batched solvers); this module chooses γ and builds the model.
+
+Choosing γ (``gamma="auto"``, our documented criterion). For each γ of ``gammas`` the defended model
+is evaluated on the first ``select_samples`` validation samples, clean and under a cheap adaptive
+single-source attack: ℓ∞ PGD (``select_steps`` steps, random start, CE) on each continuous modality
+alone with radius ``select_eps`` × its valid range, run three ways — transferred from the undefended
+model, BPDA (W detached) and full white-box through the solve. A validation sample counts as robust
+only if it survives every modality's attack in all three ways (per-sample worst case). Among the γ
+whose clean validation accuracy is at most max(``max_clean_drop``, 1/n) below the undefended model's
+(n validation samples: losing one sample is always tolerated, so the cap is never finer than the
+split can resolve), the one with the highest robust validation accuracy wins (ties: the larger γ,
+i.e. the smaller change to the CI fusion); if no γ qualifies, the one with the best clean accuracy.
+The whole sweep is recorded in ``defense_info["selection"]``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from mmrobust.attacks.base import Condition
+from mmrobust.attacks.pgd import PGD
+from mmrobust.attacks.transfer import Transfer
+from mmrobust.datasets.dataset import DatasetBundle, MultimodalDataset
+from mmrobust.defenses.base import Defense
+from mmrobust.defenses.sylvester import check_gamma
+from mmrobust.errors import InputError
+from mmrobust.models.base import MultimodalModel
+from mmrobust.models.fusion.jr import JACOBIANS, PRECISIONS, JRFusion, bind_input_jacobians
+from mmrobust.models.fusion.late import LateFusion
+
+#: The γ grid of methods.md §2.
+DEFAULT_GAMMAS: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+
+ATTACK_MODES: tuple[str, ...] = ("transfer", "bpda", "full")
+
+
+def build_jr_model(
+    model: MultimodalModel, gamma: float, jacobian: str = "logits", precision: str = "float64"
+) -> MultimodalModel:
+    """A new JR model sharing nothing with ``model`` but a copy of its weights (no selection, no marks).
+
+    Args:
+        model: A trained late-fusion model (``fusion="late"``).
+        gamma: γ > 0.
+        jacobian: ``logits``, ``features`` or ``input``.
+        precision: ``float64`` or ``float32``.
+
+    Returns:
+        The JR model in eval mode on ``model``'s device; ``config["name"]`` is ``<name>+jr``.
+    """
+    cfg = model.config
+    defended = MultimodalModel(
+        model.spec,
+        fusion="jr",
+        embed_dim=cfg["embed_dim"],
+        modalities=model.modalities,
+        fusion_kwargs={**cfg.get("fusion_kwargs", {}), "gamma": gamma, "jacobian": jacobian, "precision": precision},
+        encoder_kwargs=cfg.get("encoder_kwargs", {}),
+    )
+    defended.load_state_dict(model.state_dict())
+    device = next(model.parameters()).device
+    defended = defended.to(device)
+    defended.config["name"] = f"{cfg.get('name', model.fusion_name)}+jr"
+    if jacobian == "input":
+        bind_input_jacobians(defended)
+    return defended.eval()
+
+
+def set_gamma(model: MultimodalModel, gamma: float) -> None:
+    """Change a JR model's γ in place (fusion and ``config["fusion_kwargs"]``, so checkpoints keep it)."""
+    if not isinstance(model.fusion, JRFusion):
+        raise InputError(f"set_gamma needs a JR model (fusion 'jr'), got fusion {model.fusion_name!r}")
+    model.fusion.set_gamma(gamma)
+    model.config["fusion_kwargs"]["gamma"] = float(gamma)
+
+
+class JR(Defense):
+    """Training-free JR defence for late-fusion models (Gao et al., arXiv 2204.02485).
+
+    Threat model: test-time ℓp perturbations of one or more modalities of a trained late-fusion model;
+    the weights are not changed. Evaluate adaptively (transfer, BPDA, full white-box; see
+    :mod:`mmrobust.models.fusion.jr` and ``docs/defenses/jr.md``).
+
+    Args:
+        gamma: γ > 0, or ``"auto"`` to choose it on the validation split (module docstring).
+        jacobian: ``logits`` (G_m = I), ``features`` (last linear layer) or ``input`` (∂z_m/∂x_m).
+        precision: ``float64`` (default) or ``float32`` for the per-sample solve.
+        gammas: The grid swept by ``"auto"``.
+        select_eps: Radius of the selection attack: a fraction of each continuous modality's valid
+            range (a float; the absolute radius for unbounded modalities), or ``{modality: radius}``
+            in input units (token modalities are then attacked through their embeddings).
+        select_steps: PGD steps of the selection attack.
+        select_samples: Validation samples used for the selection (the first ones).
+        max_clean_drop: Largest tolerated loss of clean validation accuracy (a fraction, e.g. 0.01; never
+            finer than one validation sample, 1/n).
+
+    Example:
+        >>> jr = mr.defenses.create("jr")                        # doctest: +SKIP
+        >>> defended = jr.apply(late_model, data)                 # doctest: +SKIP
+        >>> defended.defense_info["gamma"]                        # doctest: +SKIP
+    """
+
+    name: ClassVar[str] = "jr"
+    kind: ClassVar[str] = "training-free"
+
+    def __init__(
+        self,
+        gamma: float | str = "auto",
+        jacobian: str = "logits",
+        precision: str = "float64",
+        gammas: Sequence[float] = DEFAULT_GAMMAS,
+        select_eps: float | Mapping[str, float] = 0.05,
+        select_steps: int = 10,
+        select_samples: int = 512,
+        max_clean_drop: float = 0.01,
+    ) -> None:
+        self.gamma: float | str = gamma if gamma == "auto" else check_gamma(gamma)
+        if jacobian not in JACOBIANS:
+            raise InputError(f"jr: unknown jacobian {jacobian!r}; choose one of {', '.join(JACOBIANS)}")
+        if precision not in PRECISIONS:
+            raise InputError(f"jr: unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        self.jacobian = jacobian
+        self.precision = precision
+        if isinstance(gammas, (str, bytes)) or not isinstance(gammas, Sequence) or not gammas:
+            raise InputError(f"jr: gammas must be a non-empty list of numbers > 0, got {gammas!r}")
+        self.gammas = tuple(sorted({check_gamma(g, "jr (gammas)") for g in gammas}))
+        if isinstance(select_eps, Mapping):
+            if not select_eps:
+                raise InputError("jr: select_eps dict is empty")
+            self.select_eps: float | dict[str, float] = {
+                str(k): _radius(v, f"select_eps[{k!r}]") for k, v in select_eps.items()
+            }
+        else:
+            self.select_eps = _radius(select_eps, "select_eps")
+        self.select_steps = _positive_int(select_steps, "select_steps")
+        self.select_samples = _positive_int(select_samples, "select_samples")
+        if isinstance(max_clean_drop, bool) or not isinstance(max_clean_drop, (int, float)) or not (
+            0 <= max_clean_drop <= 1
+        ):
+            raise InputError(f"jr: max_clean_drop must be a fraction in [0, 1], got {max_clean_drop!r}")
+        self.max_clean_drop = float(max_clean_drop)
+
+    def params(self) -> dict[str, Any]:
+        """γ (or ``auto`` with the selection settings), the Jacobian mode and the precision."""
+        out: dict[str, Any] = {"gamma": self.gamma, "jacobian": self.jacobian, "precision": self.precision}
+        if self.gamma == "auto":
+            eps = (
+                self.select_eps
+                if not isinstance(self.select_eps, dict)
+                else "/".join(f"{k}:{v:g}" for k, v in self.select_eps.items())
+            )
+            out.update(
+                gammas="/".join(f"{g:g}" for g in self.gammas),
+                select_eps=eps,
+                select_steps=self.select_steps,
+                select_samples=self.select_samples,
+                max_clean_drop=self.max_clean_drop,
+            )
+        return out
+
+    def check(self, model: MultimodalModel) -> None:
+        """JR needs a trained ``late`` fusion model with at least two modalities.
+
+        Raises:
+            InputError: another fusion (concat, attention, gated, crmt, ...: their output is not a
+                sum of per-modality logits, so there is nothing to re-weight), an already JR-defended
+                model, or a unimodal model; a ``select_eps`` dict naming unknown modalities.
+        """
+        super().check(model)
+        if isinstance(model.fusion, JRFusion):
+            raise InputError("jr: this model is already JR-defended; apply JR to the undefended late-fusion model")
+        if not isinstance(model.fusion, LateFusion):
+            raise InputError(
+                "jr: needs a late-fusion model whose fused logits are a sum of per-modality logits "
+                f"(Σ_m z_m − (M−1) log π, fusion 'late'); this model uses {model.fusion_name!r} fusion, which has "
+                "no per-modality logits to re-weight"
+            )
+        if len(model.modalities) < 2:
+            raise InputError(
+                f"jr: re-weights the logits of several modalities; this model has only {model.modalities}"
+            )
+        if isinstance(self.select_eps, dict):
+            bad = [m for m in self.select_eps if m not in model.modalities]
+            if bad:
+                raise InputError(f"jr: select_eps names unknown modalities {bad}; the model has {model.modalities}")
+
+    # ------------------------------------------------------------------------------------ apply
+    def apply(
+        self, model: MultimodalModel, data: DatasetBundle, *, seed: int = 0, quiet: bool = True
+    ) -> MultimodalModel:
+        """Build the JR model from ``model``'s weights; with ``gamma="auto"`` choose γ on ``data.val``.
+
+        Returns:
+            A new model (fusion ``jr``) in eval mode; ``defense_info`` holds ``gamma`` and, for
+            ``"auto"``, the ``selection`` sweep (per γ: clean and robust validation accuracy, and the
+            robust accuracy per attack mode).
+        """
+        self.check(model)
+        t0 = time.perf_counter()
+        if self.gamma != "auto":
+            defended = build_jr_model(model, float(self.gamma), self.jacobian, self.precision)
+            return self._mark(defended, {"gamma": float(self.gamma), "jacobian": self.jacobian})
+        if not isinstance(getattr(data, "val", None), MultimodalDataset) or len(data.val) == 0:
+            raise InputError("jr: gamma='auto' chooses γ on the validation split; data.val is missing or empty")
+        selection = self.select(model, data.val, seed=seed, quiet=quiet)
+        defended = build_jr_model(model, selection["gamma"], self.jacobian, self.precision)
+        info = {
+            "gamma": selection["gamma"],
+            "jacobian": self.jacobian,
+            "selection": selection,
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+        return self._mark(defended, info)
+
+    def selection_attacks(self, model: MultimodalModel) -> list[Condition]:
+        """The single-source PGD attacks of the γ selection, one per attacked modality."""
+        if isinstance(self.select_eps, dict):
+            radii = dict(self.select_eps)
+        else:
+            radii = {}
+            for m in model.modalities:
+                s = model.spec[m]
+                if s.is_tokens or not s.perturbable:
+                    continue
+                scale = (s.high - s.low) if s.low is not None and s.high is not None else 1.0
+                radii[m] = float(self.select_eps) * float(scale)
+        if not radii:
+            raise InputError(
+                "jr: no continuous, perturbable modality to attack during the γ selection; give select_eps as a "
+                "{modality: radius} dict (token modalities are attacked through their embeddings)"
+            )
+        return [
+            PGD(
+                m,
+                eps=r,
+                steps=self.select_steps,
+                token_surface="embedding" if model.spec[m].is_tokens else None,
+            )
+            for m, r in radii.items()
+        ]
+
+    def select(
+        self, model: MultimodalModel, val: MultimodalDataset, *, seed: int = 0, quiet: bool = True
+    ) -> dict[str, Any]:
+        """Run the γ sweep on the first ``select_samples`` samples of ``val`` (criterion in the module docstring)."""
+        from mmrobust.evaluate import evaluate
+        from mmrobust.models.fusion.jr import jr_mode
+
+        n = min(self.select_samples, len(val))
+        subset = val.subset(list(range(n)))
+        attacks = self.selection_attacks(model)
+        transfers = [Transfer(a, model, source_name="undefended") for a in attacks]
+        base = evaluate(model, subset, attacks, seed=seed, checks=False)
+        base_clean = base.correct()
+        base_robust = np.logical_and.reduce([base.correct(a.id) for a in attacks] + [base_clean])
+        defended = build_jr_model(model, self.gammas[-1], self.jacobian, self.precision)
+        rows = []
+        for g in self.gammas:
+            set_gamma(defended, g)
+            res = evaluate(defended, subset, transfers, seed=seed, checks=False)
+            clean = res.correct()
+            per_mode = {"transfer": np.logical_and.reduce([res.correct(t.id) for t in transfers] + [clean])}
+            for mode in ("bpda", "full"):
+                with jr_mode(defended, mode):
+                    r = evaluate(defended, subset, attacks, seed=seed, checks=False)
+                per_mode[mode] = np.logical_and.reduce([r.correct(a.id) for a in attacks] + [clean])
+            robust = np.logical_and.reduce(list(per_mode.values()))
+            rows.append(
+                {
+                    "gamma": g,
+                    "clean_val": float(clean.mean()),
+                    "robust_val": float(robust.mean()),
+                    **{f"robust_val/{k}": float(v.mean()) for k, v in per_mode.items()},
+                }
+            )
+            if not quiet:
+                print(f"jr: gamma={g:g} clean={rows[-1]['clean_val']:.3f} robust={rows[-1]['robust_val']:.3f}")
+        cap = max(self.max_clean_drop, 1.0 / n)  # losing a single validation sample is always tolerated
+        floor = float(base_clean.mean()) - cap
+        ok = [r for r in rows if r["clean_val"] >= floor - 1e-12]
+        if ok:
+            best = max(ok, key=lambda r: (r["robust_val"], r["gamma"]))
+            reason = "highest robust validation accuracy within the clean-accuracy cap"
+        else:
+            best = max(rows, key=lambda r: (r["clean_val"], r["gamma"]))
+            reason = "no γ met the clean-accuracy cap; highest clean validation accuracy"
+        return {
+            "gamma": best["gamma"],
+            "reason": reason,
+            "criterion": (
+                "max robust_val (per-sample worst case over transfer / bpda / full PGD on each attacked modality) "
+                f"subject to clean_val >= undefended clean_val - max(max_clean_drop, 1/n) = - {cap:.4g}; "
+                "ties -> larger gamma"
+            ),
+            "clean_drop_cap": cap,
+            "n": n,
+            "attacks": [a.id for a in attacks],
+            "undefended": {"clean_val": float(base_clean.mean()), "robust_val": float(base_robust.mean())},
+            "sweep": rows,
+        }
+
+
+def _radius(v: object, what: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)) or float(v) <= 0:
+        raise InputError(f"jr: {what} must be a finite number > 0, got {v!r}")
+    return float(v)
+
+
+def _positive_int(v: object, what: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise InputError(f"jr: {what} must be a positive integer, got {v!r}")
+    return v
+
+
+__all__ = ["ATTACK_MODES", "DEFAULT_GAMMAS", "JR", "build_jr_model", "set_gamma"]
