@@ -71,6 +71,13 @@ def test_a_dominant_modality_is_preferred(toy_late, toy_data):
     assert d["preferred"] == "audio" and len(d["rows"]) == 3
 
 
+def test_loss_of_the_default_attack(toy_late, toy_data):
+    p = modality_preference(toy_late, toy_data.test, eps={"audio": 0.3}, steps=2, loss="cw")
+    assert "loss=cw" in next(r["attack"] for r in p.rows if r["modality"] == "audio")
+    with pytest.raises(mr.InputError, match="unknown loss"):
+        modality_preference(toy_late, toy_data.test, eps={"audio": 0.3}, loss="hinge")
+
+
 def test_zero_radius_changes_nothing_and_no_radius_means_no_attack(toy_late, toy_data):
     p = modality_preference(toy_late, toy_data.test, eps=0.0, steps=2)
     assert all(r["attack_drop"] == 0.0 for r in p.rows)

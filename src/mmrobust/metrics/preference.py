@@ -129,7 +129,9 @@ class ModalityPreference:
         }
 
 
-def _default_attacks(model: Any, eps: float | Mapping[str, float] | None, steps: int) -> dict[str, Any]:
+def _default_attacks(
+    model: Any, eps: float | Mapping[str, float] | None, steps: int, loss: str = "ce"
+) -> dict[str, Any]:
     """One PGD-ℓ∞ per modality with a radius (token modalities through their embeddings)."""
     from mmrobust.attacks import create
 
@@ -149,7 +151,7 @@ def _default_attacks(model: Any, eps: float | Mapping[str, float] | None, steps:
         if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or r < 0:
             raise InputError(f"modality_preference: eps for {m!r} must be a finite number >= 0, got {r!r}")
         surface = "embedding" if model.spec[m].is_tokens else None
-        out[m] = create("pgd", modalities=m, eps=float(r), steps=steps, token_surface=surface)
+        out[m] = create("pgd", modalities=m, eps=float(r), steps=steps, token_surface=surface, loss=loss)
     return out
 
 
@@ -160,6 +162,7 @@ def modality_preference(
     eps: float | Mapping[str, float] | None = None,
     attacks: Mapping[str, Any] | None = None,
     steps: int = 20,
+    loss: str = "ce",
     seed: int = 0,
     batch_size: int = 256,
     checks: bool = False,
@@ -180,6 +183,8 @@ def modality_preference(
         attacks: ``{modality: condition}`` to use instead of the default PGD (each must attack that
             modality only).
         steps: PGD steps of the default attack.
+        loss: Loss of the default attack: ``ce``, ``cw`` or ``dlr``. Use ``cw`` for models trained
+            with margin terms (CRMT), whose saturated softmax starves CE of gradient.
         seed: Evaluation seed.
         batch_size: Samples per batch.
         checks: Run the reliability checks on the attacks (their flags land in ``result.flags``).
@@ -205,7 +210,7 @@ def modality_preference(
         raise InputError("modality_preference: give eps (default PGD) or attacks, not both")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise InputError(f"modality_preference: steps must be an integer >= 1, got {steps!r}")
-    atk = dict(attacks) if attacks is not None else _default_attacks(model, eps, steps)
+    atk = dict(attacks) if attacks is not None else _default_attacks(model, eps, steps, loss)
     for m, a in atk.items():
         if m not in model.modalities:
             raise InputError(
