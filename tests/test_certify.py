@@ -24,14 +24,6 @@ from mmrobust.spec import DatasetSpec, ModalitySpec
 CONT = ["image", "audio"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def data():
     return make_toy_bundle()

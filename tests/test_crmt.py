@@ -34,14 +34,6 @@ SMALL = {"embed_dim": 16, "encoder_kwargs": {"image": {"width": 4}, "audio": {"w
 FAST = {"epochs": 3, "radius_epochs": 3, "batch_size": 64}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def data():
     return make_toy_bundle()
