@@ -190,16 +190,29 @@ def reading(p: dict) -> list[str]:
     for r in p["rows"]:
         gain = r["worst_case"] - r["undefended"]["attacked"]
         gap = max(r["full"], r["bpda"]) - r["worst_case"]
-        strongest = max(r["broken_by"], key=r["broken_by"].get)
+        broken = r["broken_by"]
+        strongest = max(broken, key=broken.get)
+        which = (
+            f"all three attacks break the same number of samples ({broken[strongest]})"
+            if len(set(broken.values())) == 1
+            else f"the most damaging attack is {strongest}"
+        )
         out.append(
             f"- `{r['jacobian']}` (γ = {r['gamma']:g}): worst-case robust accuracy {pct(r['worst_case'])} % against "
             f"{pct(r['undefended']['attacked'])} % undefended ({100 * gain:+.1f} points), clean "
-            f"{pct(r['clean'])} % against {pct(r['undefended']['clean'])} %. The most damaging attack is "
-            f"{strongest}; the best single white-box number overstates the worst case by {100 * gap:.1f} points."
+            f"{pct(r['clean'])} % against {pct(r['undefended']['clean'])} %; {which}; the best single white-box "
+            f"number overstates the worst case by {100 * gap:.1f} points."
             + (
                 f" The transfer attack alone breaks {r['broken_only_by']['transfer']} samples that both white-box "
                 "attacks miss: the white-box gradients through JR are masked there."
                 if r["broken_only_by"]["transfer"] > 0
+                else ""
+            )
+            + (
+                " With masking this large, read the worst case as an upper bound on the robust accuracy: a "
+                "stronger adaptive attack (other transfer sources, a smooth surrogate of the solve, more restarts) "
+                "may lower it."
+                if gap > 0.1
                 else ""
             )
         )
