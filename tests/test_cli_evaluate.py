@@ -137,3 +137,38 @@ def test_evaluate_bad_input_is_one_line(checkpoint, capsys, args, message):
     assert main(["evaluate", str(checkpoint), "--quiet", *args]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_train_with_defenses_then_evaluate(checkpoint, tmp_path, capsys):
+    import mmrobust as mr
+
+    out = tmp_path / "late+dropout.pt"
+    assert main(["train", "--from", str(checkpoint), "--size", "tiny", "--defense", "modality_dropout:p=0.5,epochs=1",
+                 "--out", str(out), "--quiet"]) == 0
+    model = mr.models.load(out)
+    assert model.config["defense"]["name"] == "modality_dropout" and model.config["defense"]["params"]["p"] == 0.5
+    jr_out = tmp_path / "late+jr.pt"
+    assert main(["train", "--from", str(checkpoint), "--size", "tiny", "--defense", "jr:gamma=0.1",
+                 "--out", str(jr_out), "--quiet"]) == 0
+    jr = mr.models.load(jr_out)
+    assert jr.fusion_name == "jr" and jr.config["defense"]["name"] == "jr"
+    capsys.readouterr()
+    assert main(["evaluate", str(jr_out), "--quiet", "--no-checks",
+                 "--attack", "pgd:modalities=audio,eps=0.05,steps=2"]) == 0
+    assert "pgd[audio|" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "late", "--defense", "jr"], "training-free"),
+        (["--model", "late", "--defense", "crmtt"], "Did you mean 'crmt'"),
+        (["--model", "late", "--defense", "mixup", "--epochs", "3"], "inside the defence spec"),
+        (["--model", "concat", "--defense", "crmt:epochs=1"], "late-fusion"),
+        (["--defense", "mixup"], "give --model NAME"),
+    ],
+)
+def test_train_defense_errors_are_one_line(checkpoint, capsys, args, message):
+    assert main(["train", "--size", "tiny", "--quiet", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1

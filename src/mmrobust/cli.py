@@ -24,18 +24,46 @@ def _data_build(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from mmrobust import datasets, models
+    from mmrobust.errors import InputError
     from mmrobust.train import accuracy, train
 
     data = datasets.load(args.dataset, seed=args.data_seed, size=args.size)
-    kwargs = {"modality": args.modality} if args.modality else {}
-    model = models.create(args.model, data.spec, seed=args.seed, **kwargs)
-    out = Path(args.out or f"checkpoints/{args.model}{'-' + args.modality if args.modality else ''}.pt")
     given = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size}
     overrides = {k: v for k, v in given.items() if v is not None}
-    res = train(model, data, seed=args.seed, quiet=args.quiet, checkpoint=out, **overrides)
+    if args.start is not None:
+        model = models.load(args.start)
+        label = Path(args.start).stem
+    elif args.model is not None:
+        kwargs = {"modality": args.modality} if args.modality else {}
+        model = models.create(args.model, data.spec, seed=args.seed, **kwargs)
+        label = f"{args.model}{'-' + args.modality if args.modality else ''}"
+    else:
+        raise InputError("train: give --model NAME (a fresh model) or --from CHECKPOINT (a trained one)")
+    if args.defense is None:
+        out = Path(args.out or f"checkpoints/{label}.pt")
+        res = train(model, data, seed=args.seed, quiet=args.quiet, checkpoint=out, **overrides)
+        summary = f"best val {100 * res.best_val_accuracy:.1f}% (epoch {res.best_epoch}), {res.seconds:.1f}s"
+    else:
+        import time
+
+        from mmrobust import defenses
+        from mmrobust.attacks.parse import parse_spec
+        from mmrobust.models.checkpoint import save_checkpoint
+
+        if overrides:
+            raise InputError("train: with --defense, give epochs, lr and batch size inside the defence spec "
+                             "(e.g. --defense mixup:epochs=10); --epochs/--lr/--batch-size train plain models")
+        name, hparams = parse_spec(args.defense)
+        defense = defenses.create(name, **hparams)
+        if defense.kind == "training-free" and args.start is None:
+            raise InputError(f"train: {name} is training-free: it wraps a trained model, give --from CHECKPOINT")
+        t0 = time.perf_counter()
+        model = defense.apply(model, data, seed=args.seed, quiet=args.quiet)
+        out = Path(args.out or f"checkpoints/{label}+{name}.pt")
+        save_checkpoint(model, out, {"dataset": data.meta, "defense": defense.describe()})
+        summary = f"{defense.id}: val {100 * accuracy(model, data.val):.1f}%, {time.perf_counter() - t0:.1f}s"
     test_acc = accuracy(model, data.test)
-    print(f"model {args.model} {model.modalities}: best val {100 * res.best_val_accuracy:.1f}% "
-          f"(epoch {res.best_epoch}), test {100 * test_acc:.1f}%, {res.seconds:.1f}s -> {out}")
+    print(f"model {label} {model.modalities}: {summary}, test {100 * test_acc:.1f}% -> {out}")
     return 0
 
 
@@ -235,8 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--strict", action="store_true", help="report a corrupt cache instead of rebuilding")
     b.set_defaults(func=_data_build)
 
-    t = sub.add_parser("train", help="train a model from the registry and save a checkpoint")
-    t.add_argument("--model", required=True, help="late, concat, attention, gated or unimodal")
+    t = sub.add_parser("train", help="train a model (optionally with a defence) and save a checkpoint")
+    t.add_argument("--model", default=None, help="late, concat, attention, gated or unimodal (a fresh model)")
+    t.add_argument("--from", dest="start", default=None, metavar="CHECKPOINT",
+                   help="start from a trained checkpoint instead (fine-tune it, or wrap it with a defence)")
+    t.add_argument("--defense", default=None, metavar="SPEC",
+                   help="train with a defence, NAME:key=value,... e.g. crmt:variant=Mix, mixup:weighting=density, "
+                        "adversarial_training:eps=image:0.1/audio:0.05, jr:gamma=auto (with --from)")
     t.add_argument("--modality", default=None, help="modality of a unimodal model")
     t.add_argument("--dataset", default="mmdigits")
     t.add_argument("--data-seed", type=int, default=0)
