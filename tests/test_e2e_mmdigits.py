@@ -59,7 +59,8 @@ def test_default_run_covers_attacks_corruptions_and_missing(default_run):
         mine = [r for r in rows if r["model"] == label]
         fams = {r["family"] for r in mine}
         assert {"clean", "attack", "corruption"} <= fams, (label, fams)
-        pgd = [float(r["accuracy"]) for r in mine if r["threat"] == "attack-pgd-each"]
+        assert next(r for r in mine if r["condition"] == "clean")["threat"] == "clean"
+        pgd = [float(r["accuracy"]) for r in mine if r["threat"] == "attack-pgd-each" and r["family"] == "attack"]
         assert len(pgd) == 2 and pgd[1] <= pgd[0] <= acc[label] + 1e-9, (label, pgd)  # robust <= clean, monotone
     summary = json.loads((default_run / "summary.json").read_text())
     for label in FUSIONS:

@@ -171,13 +171,15 @@ def plot_eps_curves(curves: dict[tuple[str, str], dict[str, list[tuple[float, fl
     import matplotlib.pyplot as plt
 
     keys = list(curves)
+    models = list(dict.fromkeys(m for per_model in curves.values() for m in per_model))
+    colour = {m: f"C{i % 10}" for i, m in enumerate(models)}  # one colour per model in every panel
     cols = min(3, len(keys))
     rows = math.ceil(len(keys) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
     for ax, key in zip(axes.flat, keys, strict=False):
         for model, pts in curves[key].items():
             xs, ys = zip(*pts, strict=True)
-            ax.plot(xs, [100 * y for y in ys], marker="o", label=model)
+            ax.plot(xs, [100 * y for y in ys], marker="o", label=model, color=colour[model])
         ax.set_title(f"{key[0]} · {key[1]} attacked", fontsize=9)
         ax.set_xlabel(f"ε ({key[1]} units)")
         ax.set_ylabel("accuracy (%)")

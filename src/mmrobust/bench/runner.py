@@ -206,8 +206,9 @@ def run(
                 _barrier()
                 say(f"[mmrobust] {label}: {group.key} ({len(group.conditions)} conditions, "
                     f"{time.perf_counter() - t:.1f}s)")
-            # every cell repeats the clean row; the results keep it once per model
-            rows.extend(r for r in cell_rows if i == 0 or r["condition"] != "clean")
+            # every cell repeats the clean row; the results keep it once per model, as its own threat
+            rows.extend({**r, "threat": "clean"} if r["condition"] == "clean" else r
+                        for r in cell_rows if i == 0 or r["condition"] != "clean")
             all_flags.extend(flags)
         if not rows:  # no threat applies: the clean accuracy alone
             cell = folder / "cells" / label / "clean.json"
