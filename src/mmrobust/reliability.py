@@ -271,7 +271,9 @@ class ReliabilityChecks:
 
         Continuous modalities get ε = high − low (unbounded sides: 10 standard deviations of the
         batch); token modalities are attacked through their embeddings (ε = 10 × the largest clean
-        embedding value) when the encoder exposes them, else left clean.
+        embedding value) when the encoder exposes them, else left clean. The loss is the CW margin:
+        unlike cross-entropy it keeps its gradient when the softmax saturates (margin-trained models
+        such as CRMT's), so a failure here points at the model's gradients, not at the loss.
         """
         from mmrobust.attacks.base import EvalContext
         from mmrobust.attacks.pgd import PGD
@@ -290,7 +292,7 @@ class ReliabilityChecks:
                     eps[m] = 10.0 * float(x[m].float().std()) + 1.0
         if not eps:
             return []
-        atk = PGD(list(eps), eps=eps, norm="linf", steps=self.unbounded_steps, token_surface="embedding")
+        atk = PGD(list(eps), eps=eps, norm="linf", steps=self.unbounded_steps, token_surface="embedding", loss="cw")
         out = atk.apply(model, dict(x), y, EvalContext(stats={}, generator=generator))
         acc = 1.0 - float(out.info["success"].float().mean()) if y.numel() else 0.0
         if acc > self.unbounded_accuracy:
@@ -298,7 +300,7 @@ class ReliabilityChecks:
                 Flag(
                     "unbounded_attack_fails",
                     "",
-                    f"PGD-{self.unbounded_steps} on every modality over its whole valid range "
+                    f"PGD-{self.unbounded_steps} (CW loss) on every modality over its whole valid range "
                     f"({', '.join(eps)}) leaves {100 * acc:.1f}% of {y.numel()} checked samples correct; "
                     "a working attack reaches about 0%",
                     value=acc,
