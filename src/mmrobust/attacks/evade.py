@@ -69,34 +69,13 @@ class EvasionObjective(Objective):
         new.keep = [len(names)] if target == "none" else [j for j in range(len(names) + 1) if j not in attacked]
         return new
 
-    def _forward(self, adv: Mapping[str, Tensor], rows: slice) -> tuple[Tensor, Tensor]:
-        """Class logits (n, K) and detector-evasion term (n,) with the attacked modalities set to ``adv``."""
-        z = {}
-        for m in self.model.modalities:
-            if m not in adv:
-                z[m] = self.clean_z[m][rows]
-            elif self.threat.surface[m] == "embedding":
-                z[m] = self.model.encode_embedded(m, self.x[m][rows], adv[m])
-            else:
-                z[m] = self.model.encode_one(m, adv[m])
-        fused, aux = self.model.fuse(z)
+    def loss(self, adv: Mapping[str, Tensor], rows: slice = _ALL) -> tuple[Tensor, Tensor]:
+        """Per-sample CE/CW/DLR loss plus κ × the detector-evasion term, and the class logits."""
+        fused, aux = self.model.fuse(self.embeddings(adv, rows))
         ol = aux["odd_one_out_logits"]
         term = torch.logsumexp(ol[:, self.keep], dim=1) - torch.logsumexp(ol, dim=1)
-        return self.model.head_from_fused(fused), term
-
-    def _loss_and_grad(self, adv: Mapping[str, Tensor], rows: slice) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        leaves = {m: adv[m][rows].detach().requires_grad_(True) for m in self.threat.modalities}
-        with torch.enable_grad():
-            logits, term = self._forward(leaves, rows)
-            loss = self.loss_fn(logits, self.y[rows]) + self.kappa * term
-            grads = torch.autograd.grad(loss.sum(), list(leaves.values()))
-        return loss.detach(), logits.detach(), dict(zip(leaves, grads, strict=True))
-
-    @torch.no_grad()
-    def score(self, adv: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """Per-sample loss (with the evasion term) and success (misclassified) at ``adv``."""
-        logits, term = self._forward(adv, _ALL)
-        return self.loss_fn(logits, self.y) + self.kappa * term, logits.argmax(1) != self.y
+        logits = self.model.head_from_fused(fused)
+        return self.loss_fn(logits, self.y[rows]) + self.kappa * term, logits
 
 
 class Evade(PGD):

@@ -184,6 +184,10 @@ class Objective:
 
         ``rows`` selects a contiguous block of the batch; ``adv`` then holds only those rows.
         """
+        return self.model.logits_from_embeddings(self.embeddings(adv, rows))
+
+    def embeddings(self, adv: Mapping[str, Tensor], rows: slice = _ALL) -> dict[str, Tensor]:
+        """Per-modality embeddings ``{m: (n, d)}``: cached for clean modalities, re-encoded for ``adv``."""
         z = {}
         for m in self.model.modalities:
             if m not in adv:
@@ -192,7 +196,12 @@ class Objective:
                 z[m] = self.model.encode_embedded(m, self.x[m][rows], adv[m])
             else:
                 z[m] = self.model.encode_one(m, adv[m])
-        return self.model.logits_from_embeddings(z)
+        return z
+
+    def loss(self, adv: Mapping[str, Tensor], rows: slice = _ALL) -> tuple[Tensor, Tensor]:
+        """Per-sample attack loss (n,) and logits (n, K) at ``adv`` (subclasses add terms here)."""
+        logits = self.logits(adv, rows)
+        return self.loss_fn(logits, self.y[rows]), logits
 
     def loss_and_grad(self, adv: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """Per-sample loss (N,), logits (N, K) and ``{m: ∇_{x'_m} Σ_i L_i}`` at ``adv`` (all detached).
@@ -213,8 +222,7 @@ class Objective:
     def _loss_and_grad(self, adv: Mapping[str, Tensor], rows: slice) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         leaves = {m: adv[m][rows].detach().requires_grad_(True) for m in self.threat.modalities}
         with torch.enable_grad():
-            logits = self.logits(leaves, rows)
-            loss = self.loss_fn(logits, self.y[rows])
+            loss, logits = self.loss(leaves, rows)
             grads = torch.autograd.grad(loss.sum(), list(leaves.values()))
         return loss.detach(), logits.detach(), dict(zip(leaves, grads, strict=True))
 
@@ -227,8 +235,8 @@ class Objective:
     @torch.no_grad()
     def score(self, adv: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Per-sample loss (N,) and success (N,) bool (misclassified) at ``adv``."""
-        logits = self.logits(adv)
-        return self.loss_fn(logits, self.y), logits.argmax(1) != self.y
+        loss, logits = self.loss(adv)
+        return loss, logits.argmax(1) != self.y
 
     def output(self, adv: Mapping[str, Tensor], loss: Tensor, success: Tensor) -> AttackOutput:
         """The :class:`AttackOutput` for the final adversarial variables ``adv``."""
