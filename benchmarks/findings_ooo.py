@@ -38,7 +38,7 @@ from mmrobust.utils.provenance import provenance
 
 STEPS = 20
 #: The defence's hyper-parameters used here (the rest are its defaults).
-OOO_KW: dict[str, Any] = {"attack_modalities": "sample", "epochs": 8, "lr": 2e-3}
+OOO_KW: dict[str, Any] = {"attack_modalities": "sample", "epochs": 8, "train": {"lr": 2e-3}}
 
 
 def attack(name: str, mods: list[str], **kw: Any) -> Any:

@@ -15,7 +15,8 @@ import torch
 
 import mmrobust as mr
 from mmrobust.defenses.adversarial import AdversarialTraining
-from mmrobust.defenses.dropout import ModalityDropout, supervised_loss
+from mmrobust.defenses.dropout import ModalityDropout
+from mmrobust.defenses.training import supervised_loss
 
 EPS = {"image": 0.1, "audio": 0.05, "text": 0.3}
 TOL = 1e-6

@@ -143,10 +143,11 @@ def test_train_with_defenses_then_evaluate(checkpoint, tmp_path, capsys):
     import mmrobust as mr
 
     out = tmp_path / "late+dropout.pt"
-    assert main(["train", "--from", str(checkpoint), "--size", "tiny", "--defense", "modality_dropout:p=0.5,epochs=1",
-                 "--out", str(out), "--quiet"]) == 0
+    assert main(["train", "--from", str(checkpoint), "--size", "tiny", "--defense",
+                 "modality_dropout:p=0.5,epochs=1,train=lr:0.001/batch_size:32", "--out", str(out), "--quiet"]) == 0
     model = mr.models.load(out)
     assert model.config["defense"]["name"] == "modality_dropout" and model.config["defense"]["params"]["p"] == 0.5
+    assert model.config["defense"]["params"]["train"] == {"batch_size": 32, "lr": 0.001}  # a nested train dict
     jr_out = tmp_path / "late+jr.pt"
     assert main(["train", "--from", str(checkpoint), "--size", "tiny", "--defense", "jr:gamma=0.1",
                  "--out", str(jr_out), "--quiet"]) == 0
@@ -165,6 +166,10 @@ def test_train_with_defenses_then_evaluate(checkpoint, tmp_path, capsys):
         (["--model", "late", "--defense", "crmtt"], "Did you mean 'crmt'"),
         (["--model", "late", "--defense", "mixup", "--epochs", "3"], "inside the defence spec"),
         (["--model", "concat", "--defense", "crmt:epochs=1"], "late-fusion"),
+        (["--model", "late", "--defense", "crmt:epochs=1,lr=0.001,batch_size=32"],
+         "crmt takes lr, batch_size inside train (a TrainConfig dict): write --defense "
+         "crmt:train=lr:0.001/batch_size:32"),
+        (["--model", "late", "--defense", "crmt:train=lrr:0.001"], "crmt: unknown train setting 'lrr'"),
         (["--defense", "mixup"], "give --model NAME"),
     ],
 )

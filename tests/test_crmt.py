@@ -31,7 +31,7 @@ from mmrobust.spec import DatasetSpec, ModalitySpec
 
 CONT = ["image", "audio"]
 SMALL = {"embed_dim": 16, "encoder_kwargs": {"image": {"width": 4}, "audio": {"width": 4}}}
-FAST = {"epochs": 3, "radius_epochs": 3, "batch_size": 64}
+FAST = {"epochs": 3, "radius_epochs": 3, "train": {"batch_size": 64}}
 
 
 @pytest.fixture(scope="module")
@@ -133,13 +133,18 @@ def test_bad_inputs_are_named(data):
         ({"mode": "unit"}, "mode 'unit'"),
         ({"epochs": 0}, "epochs"),
         ({"radius_epochs": -1}, "radius_epochs"),
-        ({"lr": 0}, "lr"),
-        ({"weight_decay": -1e-4}, "weight_decay"),
+        ({"train": {"lr": 0}}, r"crmt: invalid train settings: lr=0 \(Input should be greater than 0\)"),
+        ({"train": {"weight_decay": -1e-4}}, "weight_decay=-0.0001"),
+        ({"radius_lr": 0}, "radius_lr must be a finite number > 0, got 0"),
         ({"eps": 0.0}, "eps"),
         ({"attack_steps": 1.5}, "attack_steps"),
         ({"lipschitz": "exact"}, "lipschitz kind 'exact'"),
         ({"lipschitz_samples": 0}, "lipschitz_samples"),
-        ({"batch_size": True}, "batch_size"),
+        ({"train": {"batch_size": True}}, r"train\['batch_size'\] must be an integer, got True"),
+        ({"train": {"lrr": 1e-3}}, "crmt: unknown train setting 'lrr'; train accepts batch_size, lr, weight_decay"),
+        ({"train": {"unimodal_loss": 0.0}}, r"train\['unimodal_loss'\] does not apply: .*set rho"),
+        ({"train": {"seed": 1}}, r"train\['seed'\] is set by the defence; use apply\(seed=...\)"),
+        ({"train": [("lr", 1e-3)]}, "train must be a dict"),
     ]:
         with pytest.raises(InputError, match=match):
             CRMT(**kwargs)
@@ -446,6 +451,35 @@ def test_held_fixed_modalities_in_step2(trained, data):
     assert info["val_radius_before"] == pytest.approx(float(ref.mean()), rel=1e-6)
     with pytest.raises(InputError, match="held_fixed 'x'"):
         CRMT(held_fixed="x")
+
+
+def test_train_settings_reach_both_steps(late, data, monkeypatch):
+    # step 1 gets every train setting; step 2 shares only batch_size and has its own epochs and lr
+    import mmrobust.defenses.crmt as crmt_module
+
+    calls = []
+    real = crmt_module.train
+
+    def spy(model, data, config=None, **kw):
+        calls.append(mr.TrainConfig.model_validate({**(config or {}), **{k: v for k, v in kw.items()
+                                                                            if k in mr.TrainConfig.model_fields}}))
+        return real(model, data, config, **kw)
+
+    monkeypatch.setattr(crmt_module, "train", spy)
+    d = CRMT("JT", epochs=1, radius_epochs=1, radius_lr=0.03,
+             train={"weight_decay": 1e-4, "lr": 5e-3, "batch_size": 50, "patience": 2})
+    assert d.params()["train"] == {"batch_size": 50, "lr": 5e-3, "weight_decay": 1e-4, "patience": 2}
+    assert list(d.params()["train"]) == ["batch_size", "lr", "weight_decay", "patience"]  # canonical order
+    d.apply(late, data, seed=1)
+    step1, step2 = calls
+    assert (step1.epochs, step1.lr, step1.batch_size, step1.weight_decay, step1.patience) == (1, 5e-3, 50, 1e-4, 2)
+    assert (step1.unimodal_loss, step1.seed) == (0.0, 1)
+    assert (step2.epochs, step2.lr, step2.batch_size, step2.weight_decay, step2.patience) == (1, 0.03, 50, 0.0, None)
+    # the defaults are TrainConfig's: lr 2e-3, batch 64, no weight decay (reported train={})
+    calls.clear()
+    CRMT("JT", epochs=1, radius_epochs=1).apply(late, data, seed=1)
+    assert CRMT().params()["train"] == {} and CRMT().batch_size == 64
+    assert [(c.lr, c.batch_size, c.weight_decay) for c in calls] == [(2e-3, 64, 0.0), (1e-2, 64, 0.0)]
 
 
 def test_never_reads_the_test_split(late):

@@ -46,6 +46,41 @@ def test_unknown_hyper_parameter_is_named(name):
         mr.defenses.create(name, gama=1.0, **REQUIRED.get(name, {}))
 
 
+TRAINING = [n for n in DEFENSES.names() if DEFENSES.get(n).kind == "training"]
+
+
+def test_every_defense_is_classified():
+    assert {"crmt", "ooo", "mixup", "plain_mixup", "adversarial_training", "modality_dropout"} <= set(TRAINING)
+    assert "jr" not in TRAINING
+
+
+@pytest.mark.parametrize("name", TRAINING)
+def test_training_defenses_take_epochs_and_train(name):
+    # the same two training knobs everywhere: epochs and train={TrainConfig fields}
+    req = REQUIRED.get(name, {})
+    d = mr.defenses.create(name, epochs=3, train={"weight_decay": 1e-4, "batch_size": 16}, **req)
+    params = d.params()
+    assert params["epochs"] == 3 and d.epochs == 3
+    assert params["train"]["batch_size"] == 16 and params["train"]["weight_decay"] == 1e-4
+    assert list(params["train"]) == [k for k in mr.TrainConfig.model_fields if k in params["train"]]  # canonical
+    assert not any(k in params for k in ("lr", "batch_size", "weight_decay"))  # no flat copies of train keys
+    same = mr.defenses.create(name, epochs=3, train={"batch_size": 16, "weight_decay": 1e-4}, **req)
+    assert same.id == d.id  # key order does not change the id
+    with pytest.raises(mr.InputError, match=rf"^{name}: unknown train setting 'bogus'; train accepts .*\blr\b"):
+        mr.defenses.create(name, train={"bogus": 1}, **req)
+    for key in ("seed", "quiet", "epochs"):
+        with pytest.raises(mr.InputError, match=rf"^{name}: train\['{key}'\] is set by the defence"):
+            mr.defenses.create(name, train={key: 1}, **req)
+    with pytest.raises(mr.InputError, match=rf"^{name}: train\['lr'\] must be a finite number, got True"):
+        mr.defenses.create(name, train={"lr": True}, **req)
+    with pytest.raises(mr.InputError, match=rf"^{name}: invalid train settings: batch_size=0"):
+        mr.defenses.create(name, train={"batch_size": 0}, **req)
+    with pytest.raises(mr.InputError, match=rf"^{name}: epochs must be an integer >= 1, got 0"):
+        mr.defenses.create(name, epochs=0, **req)
+    with pytest.raises(mr.InputError, match=rf"^{name}: train must be a dict"):
+        mr.defenses.create(name, train="lr=0.1", **req)
+
+
 def test_unknown_defense_suggests_a_name():
     with pytest.raises(mr.UnknownNameError, match="Did you mean 'crmt'"):
         mr.defenses.create("crmtt")

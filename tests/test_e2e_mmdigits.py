@@ -16,6 +16,8 @@ pytestmark = pytest.mark.slow
 
 UNIMODAL = ["unimodal-image", "unimodal-audio", "unimodal-text"]
 FUSIONS = ["late", "concat", "attention", "gated"]
+DEFENDED = ["late+jr", "late+crmt", "concat+ooo", "concat+at", "concat+mixup", "concat+plain_mixup",
+            "concat+modality_dropout"]
 
 
 @pytest.fixture(scope="session")
@@ -41,11 +43,11 @@ def test_run_folder_contents(default_run):
     assert summary["seed"] == 0
     assert summary["provenance"]["versions"]["torch"]
     assert len(summary["dataset"]["checksum"]) == 64
-    assert set(summary["models"]) == set(UNIMODAL + FUSIONS)
-    for label in UNIMODAL + FUSIONS:
+    assert set(summary["models"]) == set(UNIMODAL + FUSIONS + DEFENDED)
+    for label in UNIMODAL + FUSIONS + DEFENDED:
         assert (default_run / "samples" / label / "attack-pgd-each.npz").is_file()
         assert (default_run / "cells" / label / "attack-pgd-each.json").is_file()
-    for label in FUSIONS:
+    for label in FUSIONS + DEFENDED:
         assert (default_run / "samples" / label / "missing.npz").is_file()
         for m in ("image", "audio", "text"):
             assert (default_run / "cells" / label / f"corruption-{m}.json").is_file()
@@ -55,7 +57,7 @@ def test_default_run_covers_attacks_corruptions_and_missing(default_run):
     rows = read_rows(default_run)
     acc = clean_acc(rows)
     assert sum(r["condition"] == "clean" for r in rows) == len(acc)  # one clean row per model
-    for label in UNIMODAL + FUSIONS:
+    for label in UNIMODAL + FUSIONS + DEFENDED:
         mine = [r for r in rows if r["model"] == label]
         fams = {r["family"] for r in mine}
         assert {"clean", "attack", "corruption"} <= fams, (label, fams)
@@ -97,6 +99,7 @@ def test_rerun_resumes_without_recomputing(default_run, capsys):
     assert main(["run", "--runs-dir", str(default_run.parent)]) == 0
     out = capsys.readouterr().out
     assert out.count("checkpoint found, skipping training") == len(UNIMODAL + FUSIONS)
+    assert out.count("checkpoint found, skipping the defence") == len(DEFENDED)
     assert (default_run / "results.csv").read_text() == before
     # a lost cell is recomputed alone, with identical results
     (default_run / "cells" / "late" / "attack-pgd-each.json").unlink()
@@ -104,6 +107,25 @@ def test_rerun_resumes_without_recomputing(default_run, capsys):
     out = capsys.readouterr().out
     assert "late: attack-pgd-each" in out and "concat: attack-pgd-each" not in out
     assert (default_run / "results.csv").read_text() == before
+
+
+def test_default_run_compares_every_defence_adaptively(default_run):
+    rows = read_rows(default_run)
+    acc = clean_acc(rows)
+    summary = json.loads((default_run / "summary.json").read_text())
+    for label in DEFENDED:
+        base = label.split("+")[0]
+        info = summary["models"][label]
+        assert info["base_model"] == base and info["defense"] == label.split("+")[1]
+        attack = [r for r in rows if r["model"] == label and r["family"] == "attack"]
+        adaptive = info["adaptive"] != "white-box"
+        assert all(r["condition"].startswith("worst_case[" if adaptive else "pgd[") for r in attack), label
+        assert acc[label] >= acc[base] - 0.05, (label, acc[label], acc[base])  # no defence gives up clean accuracy
+    assert summary["models"]["late+jr"]["adaptive"] == "transfer+bpda+full"
+    certified = {r["model"] for r in rows if r["family"] == "certified"}
+    assert certified == {"unimodal-image", "unimodal-audio", "late", "late+crmt"}
+    html = (default_run / "report.html").read_text()
+    assert "<h2>Defences</h2>" in html and "<h2>Certified accuracy</h2>" in html
 
 
 def test_same_seed_same_bytes_full_build(tmp_path):

@@ -26,7 +26,7 @@ EPS = {"image": 0.2, "audio": 0.2, "text": 0.5}
 
 
 def tiny_defense(**kw):
-    base = {"eps": EPS, "epochs": 1, "attack_steps": 2, "select": "clean", "batch_size": 32, "lr": 5e-3}
+    base = {"eps": EPS, "epochs": 1, "attack_steps": 2, "select": "clean", "train": {"batch_size": 32, "lr": 5e-3}}
     return OddOneOut(**{**base, **kw})
 
 
@@ -161,12 +161,47 @@ def test_one_modality_model_is_refused(toy_data):
         ({"select": "best"}, "select must be 'robust' or 'clean', got 'best'"),
         ({"corruption_severities": (0, 3)}, r"corruption_severities must be .* 1..5, got \(0, 3\)"),
         ({"freeze_encoders": 1}, "freeze_encoders must be True or False, got 1"),
-        ({"lr": 0}, "lr must be a finite number > 0, got 0"),
+        ({"train": {"lr": 0}}, r"ooo: invalid train settings: lr=0 \(Input should be greater than 0\)"),
+        ({"train": {"batch_size": 1.5}}, r"ooo: train\['batch_size'\] must be an integer, got 1.5"),
+        ({"train": {"lrr": 0.1}}, "ooo: unknown train setting 'lrr'; train accepts batch_size, lr, weight_decay, "
+                                  "patience, tensorboard$"),
+        ({"train": {"unimodal_loss": 1.0}}, r"ooo: train\['unimodal_loss'\] does not apply"),
+        ({"train": {"modality_dropout": 0.2}}, r"ooo: train\['modality_dropout'\] is not supported"),
+        ({"train": {"epochs": 3}}, r"ooo: train\['epochs'\] is set by the defence; use the epochs hyper-parameter"),
     ],
 )
 def test_bad_hyper_parameters(kw, match):
     with pytest.raises(mr.InputError, match=match):
         mr.defenses.create("ooo", **kw)
+
+
+def test_train_settings_reach_the_training_loop(toy_concat, toy_data, monkeypatch):
+    # OOO's own default lr (1e-3) is reported in train; the other settings are TrainConfig's
+    import importlib
+
+    train_module = importlib.import_module("mmrobust.train")  # the module (mr.train is the function)
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def spy(model, data, config=None, **kw):
+        seen.append(mr.TrainConfig.model_validate(config))
+        raise Stop
+
+    monkeypatch.setattr(train_module, "train", spy)
+    assert OddOneOut().params()["train"] == {"lr": 1e-3}
+    for d, want in [
+        (OddOneOut(eps=EPS, epochs=2), (2, 1e-3, 64, 0.0, None)),
+        (OddOneOut(eps=EPS, epochs=1, train={"weight_decay": 1e-4, "batch_size": 16, "lr": 3e-3, "patience": 1}),
+         (1, 3e-3, 16, 1e-4, 1)),
+    ]:
+        with pytest.raises(Stop):
+            d.apply(toy_concat, toy_data, seed=5)
+        cfg = seen.pop()
+        assert (cfg.epochs, cfg.lr, cfg.batch_size, cfg.weight_decay, cfg.patience) == want
+        assert (cfg.seed, cfg.unimodal_loss, cfg.modality_dropout) == (5, 0.0, 0.0)
 
 
 def test_eps_must_cover_the_model(toy_concat):
@@ -226,7 +261,7 @@ def test_one_tiny_epoch_improves_the_detection_loss(toy_concat, toy_data):
     # toy PGD views at these radii are detectable (an offline detector reaches ~98 %); one epoch of
     # 16 steps with every modality attacked in every batch must already lower the detection loss
     eps = {"image": 0.5, "audio": 0.5, "text": 2.0}
-    kw = {"eps": eps, "attack_modalities": "all", "batch_size": 16, "attack_steps": 3, "lr": 1e-2}
+    kw = {"eps": eps, "attack_modalities": "all", "attack_steps": 3, "train": {"batch_size": 16, "lr": 1e-2}}
     start = tiny_defense(**kw).build(toy_concat, toy_data, seed=0)
     trained = tiny_defense(**kw).apply(toy_concat, toy_data, seed=0)
     views, outcomes = _views(trained, toy_data, eps)  # attacks on the trained model, including its o

@@ -72,9 +72,9 @@ def test_curves_come_from_per_sample_outcomes(small_run):
 
 def test_report_is_self_contained(small_run):
     html = (small_run / "report.html").read_text()
-    for png in ("accuracy_vs_eps.png", "modality_matrix.png"):
+    for png in ("accuracy_vs_eps.png", "modality_matrix.png", "certified_accuracy.png"):
         assert (small_run / png).stat().st_size > 1000
-    assert html.count("src='data:image/png;base64,") == 2
+    assert html.count("src='data:image/png;base64,") == 3  # ε curves, modality matrix, certified accuracy
     assert not re.search(r"(src|href)=['\"]https?:", html) and "<script" not in html  # offline, no scripts
     for text in ("Headline", "late", "unimodal-image", "Reliability flags", "Provenance", "attack-fgsm-each ε2"):
         assert text in html
@@ -111,7 +111,7 @@ def test_report_renders_in_headless_chromium(small_run, tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
     page = dom.stdout
-    assert "<table>" in page and page.count("<img") == 2 and "mmrobust report" in page
+    assert "<table>" in page and page.count("<img") == 3 and "mmrobust report" in page
     shot = tmp_path / "shot.png"
     res = subprocess.run([*cmd, f"--screenshot={shot}", "--window-size=1200,2400",
                           (small_run / "report.html").as_uri()], capture_output=True, text=True, timeout=120)

@@ -70,7 +70,7 @@ def test_killed_run_resumes_to_identical_results(tmp_path, env):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     done = sorted(p.relative_to(cells) for p in cells.rglob("*.json"))
-    assert 3 <= len(done) < 8  # 2 models x (missing, pgd, 3 corruption cells) = 10 cells in all
+    assert 3 <= len(done) < 8  # 2 models x (missing, pgd, 3 corruption cells) + late's certified = 11 cells
     _check_whole(runs / "resume")  # only finished files, each whole (temporaries are hidden .tmp files)
 
     again = _run(cfg, runs, env)
@@ -78,5 +78,5 @@ def test_killed_run_resumes_to_identical_results(tmp_path, env):
     assert again.returncode == 0, err[-2000:]
     assert (runs / "resume" / "results.csv").read_text() == expected
     assert not list((runs / "resume").rglob(".*.tmp"))
-    assert len(list(cells.rglob("*.json"))) == 10
+    assert len(list(cells.rglob("*.json"))) == 11
     _check_whole(runs / "resume")

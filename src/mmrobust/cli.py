@@ -27,7 +27,8 @@ def _train(args: argparse.Namespace) -> int:
     from mmrobust.errors import InputError
     from mmrobust.train import accuracy, train
 
-    data = datasets.load(args.dataset, seed=args.data_seed, size=args.size)
+    data = datasets.load(args.dataset, **datasets.dataset_options(
+        args.dataset, path=args.data_path, seed=args.data_seed, size=args.size))
     given = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size}
     overrides = {k: v for k, v in given.items() if v is not None}
     if args.start is not None:
@@ -52,8 +53,10 @@ def _train(args: argparse.Namespace) -> int:
 
         if overrides:
             raise InputError("train: with --defense, give epochs, lr and batch size inside the defence spec "
-                             "(e.g. --defense mixup:epochs=10); --epochs/--lr/--batch-size train plain models")
+                             "(e.g. --defense mixup:epochs=10,train=lr:0.001/batch_size:32); --epochs/--lr/"
+                             "--batch-size train plain models")
         name, hparams = parse_spec(args.defense)
+        _check_train_settings(name, hparams)
         defense = defenses.create(name, **hparams)
         if defense.kind == "training-free" and args.start is None:
             raise InputError(f"train: {name} is training-free: it wraps a trained model, give --from CHECKPOINT")
@@ -67,6 +70,22 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_train_settings(name: str, hparams: dict[str, Any]) -> None:
+    """Point TrainConfig fields given as flat defence hyper-parameters (``crmt:lr=0.001``) to ``train=``."""
+    import inspect
+
+    from mmrobust.defenses import DEFENSES
+    from mmrobust.defenses.training import TRAIN_KEYS
+    from mmrobust.errors import InputError
+
+    accepted = inspect.signature(DEFENSES.get(name)).parameters
+    flat = [k for k in hparams if k in TRAIN_KEYS and k not in accepted]
+    if flat and "train" in accepted:
+        given = "/".join(f"{k}:{hparams[k]}" for k in flat)
+        raise InputError(f"train: {name} takes {', '.join(flat)} inside train (a TrainConfig dict): write "
+                         f"--defense {name}:train={given}")
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from mmrobust import datasets
     from mmrobust.attacks.missing import Missing
@@ -78,8 +97,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     model = load(args.checkpoint)
     dmeta = model.checkpoint_meta.get("dataset", {})
-    data = datasets.load(args.dataset, seed=args.data_seed if args.data_seed is not None else dmeta.get("seed", 0),
-                         size=args.size or dmeta.get("size", "full"))
+    mmdigits = args.dataset == "mmdigits"
+    data = datasets.load(args.dataset, **datasets.dataset_options(
+        args.dataset, path=args.data_path,
+        seed=args.data_seed if args.data_seed is not None else dmeta.get("seed", 0),
+        size=args.size or (dmeta.get("size", "full") if mmdigits else None)))
     split = getattr(data, args.split)
     conds = []
     if args.missing:
@@ -149,7 +171,7 @@ def _evaluate_extras(
         extras["preference"] = pref.to_dict()
         files["preference.csv"] = rows_to_csv(preference_rows([pref]))
     if args.certify:
-        from mmrobust.certify import certify_dataset, lipschitz_constants
+        from mmrobust.certify.curves import certified_rows
 
         try:
             radii = [float(v) for v in args.radii.split(",")]
@@ -157,15 +179,9 @@ def _evaluate_extras(
             raise InputError(f"--radii must be a comma list of numbers, got {args.radii!r}") from None
         if any(r < 0 for r in radii):
             raise InputError(f"--radii must be >= 0, got {args.radii!r}")
-        rows = []
-        for kind in ("sound", "empirical") if args.certify == "both" else (args.certify,):
-            tau = lipschitz_constants(model, kind, data.train)
-            cert = certify_dataset(model, split, lipschitz=tau)
-            for which in ("joint", *cert.single):
-                acc = cert.certified_accuracy(radii, which)
-                rows += [{"model": name, "lipschitz": kind, "perturbed": which if which != "joint" else
-                          "+".join(cert.modalities) + " (joint)", "radius": r, "certified_accuracy": float(a)}
-                         for r, a in zip(radii, acc, strict=True)]
+        kinds = ("sound", "empirical") if args.certify == "both" else (args.certify,)
+        rows = [{"model": name, **r, "perturbed": r["modalities"] + " (joint)" if r["perturbed"] == "joint" else
+                 r["perturbed"]} for r in certified_rows(model, split, data.train, kinds, radii)]
         print("\ncertified accuracy (docs/certify.md):")
         for r in rows:
             print(f"  {r['lipschitz']:9} {r['perturbed']:22} r={r['radius']:<6g} {100 * r['certified_accuracy']:.1f}%")
@@ -269,11 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from a trained checkpoint instead (fine-tune it, or wrap it with a defence)")
     t.add_argument("--defense", default=None, metavar="SPEC",
                    help="train with a defence, NAME:key=value,... e.g. crmt:variant=Mix, mixup:weighting=density, "
-                        "adversarial_training:eps=image:0.1/audio:0.05, jr:gamma=auto (with --from)")
+                        "adversarial_training:eps=image:0.1/audio:0.05, jr:gamma=auto (with --from); training "
+                        "settings: epochs=N,train=lr:0.001/batch_size:32")
     t.add_argument("--modality", default=None, help="modality of a unimodal model")
-    t.add_argument("--dataset", default="mmdigits")
+    t.add_argument("--dataset", default="mmdigits", help="mmdigits, or a loader of your files: avmnist, mosi, "
+                   "mosei, npz, hdf5 (with --data-path)")
+    t.add_argument("--data-path", default=None, help="your data: the avmnist folder or the mosi/mosei/npz/hdf5 file")
     t.add_argument("--data-seed", type=int, default=0)
-    t.add_argument("--size", default="full", choices=["full", "tiny"])
+    t.add_argument("--size", default=None, choices=["full", "tiny"], help="mmdigits only (default full)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--epochs", type=int, default=None)
     t.add_argument("--lr", type=float, default=None)
@@ -291,7 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(docs/flags.md) are printed after the table.",
     )
     e.add_argument("checkpoint")
-    e.add_argument("--dataset", default="mmdigits")
+    e.add_argument("--dataset", default="mmdigits", help="mmdigits, or a loader of your files: avmnist, mosi, "
+                   "mosei, npz, hdf5 (with --data-path)")
+    e.add_argument("--data-path", default=None, help="your data: the avmnist folder or the mosi/mosei/npz/hdf5 file")
     e.add_argument("--data-seed", type=int, default=None)
     e.add_argument("--size", default=None, choices=["full", "tiny"])
     e.add_argument("--split", default="test", choices=["train", "val", "test"])

@@ -13,7 +13,7 @@ import io
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -121,6 +121,14 @@ def _row(desc: dict[str, Any], clean: np.ndarray, corr: np.ndarray) -> dict[str,
 
 def _label(flag: dict[str, Any]) -> str:
     return f"{flag['name']}({flag['modality']})" if flag.get("modality") else str(flag["name"])
+
+
+def _probe(c: Any) -> GradientAttack | None:
+    """The gradient attack whose threat the reliability checks probe for condition ``c`` (``None``: none)."""
+    if isinstance(c, GradientAttack):
+        return c
+    base = getattr(c, "base_attack", None)
+    return base if isinstance(base, GradientAttack) else None
 
 
 def _per_sample_info(v: Any, n: int, cid: str, key: str) -> np.ndarray:
@@ -240,7 +248,9 @@ def evaluate(
         c.prepare(model, data, EvalContext(stats=data.stats, generator=torch.Generator().manual_seed(seed), seed=seed))
     checker = ReliabilityChecks() if checks is True else (checks or None)
     first_flags: list[Flag] = []
-    gradient = {cid for c, cid in zip(conditions, ids, strict=True) if isinstance(c, GradientAttack)}
+    # the gradient attack the checks probe: the condition itself, or the base attack of an adaptive WorstCase
+    probes = {cid: p for c, cid in zip(conditions, ids, strict=True) if (p := _probe(c)) is not None}
+    gradient = set(probes)
     records: list[dict[str, Any]] = []
     total = (len(data) + batch_size - 1) // batch_size
     mine = sum(1 for b in range(total) if b % world == rank)
@@ -255,9 +265,10 @@ def evaluate(
         rec["pred"]["clean"] = clean_logits.argmax(1).numpy()
         if checker is not None and b == 0:  # first batch
             first_flags += checker.model_flags(model, x, clean_logits)
-            for c, cid in zip(conditions, ids, strict=True):
+            for cid in ids:
                 if cid in gradient:
-                    first_flags += checker.gradient_flags(model, c, x, y)
+                    first_flags += [replace(f, condition=cid)
+                                    for f in checker.gradient_flags(model, probes[cid], x, y)]
             if gradient:
                 g = torch.Generator().manual_seed(seed * 1_000_003 + 17)
                 first_flags += checker.unbounded_flags(model, x, y, g)
@@ -269,7 +280,7 @@ def evaluate(
             rec["pred"][cid] = pred.numpy()
             if checker is not None and cid in gradient:
                 g = torch.Generator().manual_seed(seed * 1_000_003 + int(idx[0]) + 7_919)
-                ns = checker.noise_success(model, c, x, y, g)
+                ns = checker.noise_success(model, probes[cid], x, y, g)
                 if ns is not None:
                     rec["noise"][cid] = ns.cpu()
                     rec["robust"][cid] = (pred == y).cpu()

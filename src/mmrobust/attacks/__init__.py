@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mmrobust.attacks.adaptive import Bpda, WorstCase
 from mmrobust.attacks.apgd import APGD
 from mmrobust.attacks.base import Condition, ConditionOutput, EvalContext
 from mmrobust.attacks.corruptions import Corruption
@@ -38,6 +39,8 @@ ATTACKS.register("apgd")(APGD)
 ATTACKS.register("universal")(Universal)
 ATTACKS.register("transfer")(Transfer)
 ATTACKS.register("evade")(Evade)
+ATTACKS.register("worst_case")(WorstCase)
+ATTACKS.register("bpda")(Bpda)
 
 
 def create(name: str, **hparams: Any) -> Condition:
@@ -58,6 +61,7 @@ __all__ = [
     "LOSSES",
     "PGD",
     "AttackOutput",
+    "Bpda",
     "Condition",
     "ConditionOutput",
     "Corruption",
@@ -70,6 +74,7 @@ __all__ = [
     "ThreatModel",
     "Transfer",
     "Universal",
+    "WorstCase",
     "asr_curve",
     "create",
     "names",

@@ -64,6 +64,51 @@ class Condition(ABC):
     name: ClassVar[str] = "condition"
     family: ClassVar[str] = "attack"
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> Condition:  # noqa: D102 - records the hyper-parameters
+        obj = super().__new__(cls)
+        obj._init_args = (args, dict(kwargs))  # what replace() rebuilds from
+        return obj
+
+    def replace(self, *, into: type[Condition] | None = None, **changes: Any) -> Condition:
+        """A new condition with the same hyper-parameters except ``changes`` (this one is unchanged).
+
+        Args:
+            into: Build this class instead (a subclass that takes the same arguments plus its own,
+                e.g. PGD → :class:`~mmrobust.attacks.evade.Evade`).
+            **changes: Hyper-parameters to override, by constructor name (e.g. ``loss="cw"``).
+
+        Raises:
+            InputError: a name in ``changes`` is not a hyper-parameter of the class.
+
+        Example:
+            >>> import mmrobust as mr
+            >>> pgd = mr.attacks.create("pgd", modalities="audio", eps=0.05)
+            >>> pgd.replace(loss="cw").params()["loss"]
+            'cw'
+        """
+        import inspect
+
+        cls = into or type(self)
+        accepted = inspect.signature(cls.__init__).parameters
+        bad = [k for k in changes if k not in accepted or k == "self"]
+        if bad:
+            raise InputError(f"{cls.name}: replace() got unknown hyper-parameter(s) {bad}; "
+                             f"allowed: {[k for k in accepted if k != 'self']}")
+        return cls(**{**self.hyperparameters(), **changes})
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The constructor arguments this condition was built with, by name (what :meth:`replace` rebuilds from)."""
+        import inspect
+
+        args, kwargs = getattr(self, "_init_args", ((), {}))
+        sig = inspect.signature(type(self).__init__)
+        bound = sig.bind(self, *args, **kwargs).arguments
+        bound.pop(next(iter(bound)))  # self
+        for k, p in sig.parameters.items():
+            if p.kind is inspect.Parameter.VAR_KEYWORD and k in bound:
+                bound.update(bound.pop(k))
+        return dict(bound)
+
     def __init__(self, modalities: str | list[str] | tuple[str, ...]) -> None:
         if isinstance(modalities, str):
             modalities = [modalities]

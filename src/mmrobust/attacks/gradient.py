@@ -339,6 +339,11 @@ class GradientAttack(Condition):
             clone._singles = {}
             clone.threat = self.threat.single(modality)
             clone.modalities = [modality]
+            # what replace() rebuilds from: this modality and its radius (and step size), not "each"
+            kw = {**self.hyperparameters(), "modalities": modality, "eps": clone.threat.eps}
+            if isinstance(kw.get("alpha"), Mapping):
+                kw["alpha"] = kw["alpha"].get(modality)
+            clone._init_args = ((), kw)
             cache[modality] = clone
         return cache[modality]
 

@@ -19,12 +19,21 @@ class _Strict(BaseModel):
 
 
 class DatasetConfig(_Strict):
-    """Which dataset to load."""
+    """Which dataset to load: the built-in MM-Digits, or your files through a loader (docs/datasets.md)."""
 
-    name: Literal["mmdigits"] = "mmdigits"
-    seed: int = Field(0, ge=0)
-    size: Literal["full", "tiny"] = "full"
-    audio: Literal["logmel", "waveform"] = "logmel"
+    name: Literal["mmdigits", "avmnist", "mosi", "mosei", "npz", "hdf5"] = "mmdigits"
+    seed: int = Field(0, ge=0, description="MM-Digits build seed; the validation-split seed of loaders that take one.")
+    size: Literal["full", "tiny"] | None = Field(None, description="mmdigits only (default full).")
+    audio: Literal["logmel", "waveform"] | None = Field(None, description="mmdigits only (default logmel).")
+    path: str | None = Field(None, description="Your data: the avmnist folder, or the mosi/mosei/npz/hdf5 file.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Other loader options (docs/datasets.md).")
+
+    def loader_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``mr.datasets.load(name, ...)`` (raises InputError on a bad combination)."""
+        from mmrobust.datasets import dataset_options
+
+        return dataset_options(self.name, path=self.path, seed=self.seed, size=self.size, audio=self.audio,
+                               options=self.options)
 
 
 class ModelConfig(_Strict):
@@ -80,6 +89,7 @@ class MissingConfig(_Strict):
 
 
 Radius = float | dict[str, float]
+WRAPPERS = ("transfer", "worst_case", "bpda")  # attacks built around other attacks (by the runner, not by name)
 
 
 class AttackConfig(_Strict):
@@ -97,16 +107,19 @@ class AttackConfig(_Strict):
     eps: list[Radius] = Field(min_length=1, description="The ε grid (decoupling: the ρ budget, rho_max).")
     params: dict[str, Any] = Field(default_factory=dict, description="Other hyper-parameters of the attack.")
     id: str | None = Field(None, description="Name of this threat in results (default: name-modalities).")
+    samples: int | None = Field(
+        None, ge=1, description="Evaluate on the first N test samples only (default: all); rows record n."
+    )
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
         from mmrobust.attacks import ATTACKS
 
-        allowed = [n for n in ATTACKS.names() if n not in ("missing", "corruption")]
+        allowed = [n for n in ATTACKS.names() if n not in ("missing", "corruption", *WRAPPERS)]
         if v not in allowed:
             raise ValueError(f"unknown attack {v!r}; allowed: {allowed} (missing modalities and corruptions "
-                             "have their own sections)")
+                             "have their own sections; defences get their adaptive attacks from the defenses section)")
         return v
 
     @field_validator("eps")
@@ -141,10 +154,28 @@ class CorruptionsConfig(_Strict):
         return v
 
 
+class CertifyConfig(_Strict):
+    """Certified accuracy (CRMT radius, ℓ2; docs/certify.md) of every late-fusion model, at each radius."""
+
+    lipschitz: list[Literal["sound", "empirical"]] = Field(
+        default_factory=lambda: ["sound"], min_length=1,
+        description="Lipschitz constants: sound (a guarantee) and/or empirical (the paper's estimate).",
+    )
+    radii: list[float] = Field(default_factory=lambda: [0.0, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0], min_length=1)
+
+    @field_validator("radii")
+    @classmethod
+    def _radii(cls, v: list[float]) -> list[float]:
+        if any(not r >= 0 for r in v):
+            raise ValueError(f"radii must be numbers >= 0, got {v}")
+        return sorted(set(v))
+
+
 def _default_attacks() -> list[AttackConfig]:
     # the radii at which docs/findings_attacks.md shows single-source attacks overriding clean modalities
     grid: list[Radius] = [{"image": 0.05, "audio": 0.02, "text": 0.25}, {"image": 0.1, "audio": 0.05, "text": 0.5}]
-    return [AttackConfig(name="pgd", modalities="each", params={"steps": 10}, eps=grid)]
+    # on the first 400 test samples: the default run (every fusion and defence) stays within 10 minutes
+    return [AttackConfig(name="pgd", modalities="each", params={"steps": 10}, eps=grid, samples=400)]
 
 
 class ThreatsConfig(_Strict):
@@ -153,6 +184,42 @@ class ThreatsConfig(_Strict):
     missing: MissingConfig | None = Field(default_factory=MissingConfig)
     attacks: list[AttackConfig] = Field(default_factory=_default_attacks)
     corruptions: CorruptionsConfig | None = Field(default_factory=CorruptionsConfig)
+    certify: CertifyConfig | None = Field(default_factory=CertifyConfig)
+
+
+class DefenseConfig(_Strict):
+    """One defence applied to models of the grid; each (model, defence) pair is evaluated on every threat.
+
+    Attacks are made adaptive to the defence (``Defense.adaptive``: the per-sample worst case over
+    the variants that matter for it, e.g. transfer + BPDA + full white-box for JR).
+    """
+
+    name: str = Field(description="Defence registry name (jr, crmt, ooo, mixup, plain_mixup, "
+                      "adversarial_training, modality_dropout).")
+    params: dict[str, Any] = Field(default_factory=dict, description="Hyper-parameters of the defence.")
+    models: list[str] | None = Field(
+        None, description="Model ids to defend (default: every model of the grid the defence applies to)."
+    )
+    id: str | None = Field(None, description="Name of the defence in results (default: its name); the "
+                           "defended model is <model>+<id>.")
+    start: Literal["trained", "fresh"] = Field(
+        "trained", description="Training defences: fine-tune the trained model (trained) or train a fresh one "
+        "(fresh); training-free defences and ooo always wrap the trained model.",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        from mmrobust.defenses import DEFENSES
+
+        if v not in DEFENSES.names():
+            raise ValueError(f"unknown defence {v!r}; allowed: {DEFENSES.names()}")
+        return v
+
+    @property
+    def label(self) -> str:
+        """Identifier of this defence in results and file names."""
+        return self.id or self.name
 
 
 def _default_models() -> list[ModelConfig]:
@@ -169,7 +236,39 @@ class RunConfig(_Strict):
     models: list[ModelConfig] = Field(default_factory=_default_models)
     train: TrainConfig = Field(default_factory=TrainConfig)
     threats: ThreatsConfig = Field(default_factory=ThreatsConfig)
+    defenses: list[DefenseConfig] = Field(default_factory=list)
     eval_batch_size: int = Field(256, ge=1)
+
+
+# The radii of the default attack grid's larger ε (findings_attacks.md), used by the defences that train on attacks.
+_DEFAULT_RADII = {"image": 0.1, "audio": 0.05, "text": 0.5}
+
+
+def _default_defenses() -> list[DefenseConfig]:
+    # Every defence once, on the fusion it is made for (JR and CRMT need late fusion; the others take
+    # any fusion and are shown on concat, the fusion odd-one-out is built from). Training defences
+    # fine-tune the trained model for a few epochs so the whole default run stays within 10 minutes.
+    few = {"epochs": 3}
+    return [
+        DefenseConfig(name="jr", models=["late"], params={"select_samples": 128}),
+        DefenseConfig(name="crmt", models=["late"], params={"variant": "JT", "epochs": 3, "radius_epochs": 2}),
+        DefenseConfig(name="ooo", models=["concat"], params={"eps": _DEFAULT_RADII, "attack_modalities": "sample",
+                                                             **few}),
+        DefenseConfig(name="adversarial_training", id="at", models=["concat"],
+                      params={"modalities": "random", "eps": _DEFAULT_RADII, **few}),
+        DefenseConfig(name="mixup", models=["concat"], params={**few, "every": 1}),
+        DefenseConfig(name="plain_mixup", models=["concat"], params=dict(few)),
+        DefenseConfig(name="modality_dropout", models=["concat"], params=dict(few)),
+    ]
+
+
+def default_config() -> RunConfig:
+    """The built-in default benchmark (``mmrobust run`` with no config): every fusion, defence and threat family.
+
+    A config file gets the same models, training and threats where it leaves them out, but no
+    defences unless it lists them.
+    """
+    return RunConfig(defenses=_default_defenses())
 
 
 def _format_validation_error(e: ValidationError, source: str) -> str:
@@ -198,7 +297,7 @@ def validate_config(data: Any, source: str = "") -> RunConfig:
 def load_config(path: str | os.PathLike[str] | None) -> RunConfig:
     """Read and validate a YAML run config (``None``: the built-in default benchmark)."""
     if path is None:
-        return RunConfig()
+        return default_config()
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")

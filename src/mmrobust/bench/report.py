@@ -11,6 +11,9 @@ a PNG beside it:
   one line per model;
 * ``modality_matrix.png``: per model, the modality × perturbation heatmap (missing fills,
   corruption families at their strongest severity, attacks at their largest ε);
+* the defence comparison: every defence on the same threats as its undefended model, with the
+  adaptive attack variants, cost and reliability flags of each line;
+* ``certified_accuracy.png``: certified accuracy against the ℓ2 radius for late-fusion models;
 * the reliability flags in plain words (``docs/flags.md``), the provenance, and the full results
   table.
 
@@ -155,14 +158,42 @@ def modality_matrix(
     return out
 
 
-def _png(fig: Any) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    return buf.getvalue()
+def certified_curves(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, list[tuple[float, float]]]]:
+    """``{(lipschitz kind, perturbed modalities): {model: [(radius, certified accuracy), ...]}}``."""
+    curves: dict[tuple[str, str], dict[str, list[tuple[float, float]]]] = defaultdict(dict)
+    for r in rows:
+        if r["family"] == "certified" and r.get("eps", "") != "":
+            key = (str(r.get("lipschitz", "")), str(r["modalities"]))
+            curves[key].setdefault(r["model"], []).append((float(r["eps"]), r["accuracy"]))
+    for per_model in curves.values():
+        for pts in per_model.values():
+            pts.sort()
+    return dict(sorted(curves.items(), key=lambda kv: (kv[0][0] != "sound", -kv[0][1].count("+"), kv[0][1])))
 
 
-def plot_eps_curves(curves: dict[tuple[str, str], dict[str, list[tuple[float, float]]]]) -> bytes | None:
-    """One panel per (attack threat, modality), one line per model."""
+def plot_certified(curves: dict[tuple[str, str], dict[str, list[tuple[float, float]]]]) -> bytes | None:
+    """One panel per (Lipschitz kind, perturbed modalities), one line per model; ε on a symlog axis."""
+
+    def title(key: tuple[str, str]) -> str:
+        kind, mods = key
+        return f"{mods} perturbed ({'joint ' if '+' in mods else ''}ℓ2) · {kind} Lipschitz"
+
+    return _line_panels(curves, title=title, xlabel=lambda _k: "radius ε (ℓ2)", ylabel="certified accuracy (%)",
+                        symlog=True)
+
+
+def _line_panels(
+    curves: dict[tuple[str, str], dict[str, list[tuple[float, float]]]],
+    *,
+    title: Any,
+    xlabel: Any,
+    ylabel: str,
+    symlog: bool = False,
+) -> bytes | None:
+    """PNG of accuracy-curve panels: one per key of ``curves``, one line (and colour) per model.
+
+    ``title`` and ``xlabel`` map a key to text; the legend is shared, below the panels.
+    """
     if not curves:
         return None
     import matplotlib
@@ -172,17 +203,22 @@ def plot_eps_curves(curves: dict[tuple[str, str], dict[str, list[tuple[float, fl
 
     keys = list(curves)
     models = list(dict.fromkeys(m for per_model in curves.values() for m in per_model))
-    colour = {m: f"C{i % 10}" for i, m in enumerate(models)}  # one colour per model in every panel
+    colour = _colours(models)
     cols = min(3, len(keys))
-    rows = math.ceil(len(keys) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
+    nrows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.3 * nrows), squeeze=False)
     for ax, key in zip(axes.flat, keys, strict=False):
         for model, pts in curves[key].items():
             xs, ys = zip(*pts, strict=True)
             ax.plot(xs, [100 * y for y in ys], marker="o", label=model, color=colour[model])
-        ax.set_title(f"{key[0]} · {key[1]} attacked", fontsize=9)
-        ax.set_xlabel(f"ε ({key[1]} units)")
-        ax.set_ylabel("accuracy (%)")
+        if symlog:
+            grid = sorted({e for pts in curves[key].values() for e, _ in pts})
+            ax.set_xscale("symlog", linthresh=min((e for e in grid if e > 0), default=1e-3))
+            ax.set_xticks(grid, [f"{e:g}" for e in grid], rotation=45, fontsize=7)  # the measured radii
+            ax.minorticks_off()
+        ax.set_title(title(key), fontsize=9)
+        ax.set_xlabel(xlabel(key))
+        ax.set_ylabel(ylabel)
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(keys):]:
@@ -196,6 +232,28 @@ def plot_eps_curves(curves: dict[tuple[str, str], dict[str, list[tuple[float, fl
     data = _png(fig)
     plt.close(fig)
     return data
+
+
+def _colours(models: list[str]) -> dict[str, Any]:
+    """A distinct colour per model (matplotlib's 10-colour cycle, tab20 beyond 10 models)."""
+    if len(models) <= 10:
+        return {m: f"C{i}" for i, m in enumerate(models)}
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab20"]
+    return {m: cmap(i % 20) for i, m in enumerate(models)}
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def plot_eps_curves(curves: dict[tuple[str, str], dict[str, list[tuple[float, float]]]]) -> bytes | None:
+    """One panel per (attack threat, modality), one line per model."""
+    return _line_panels(curves, title=lambda k: f"{k[0]} · {k[1]} attacked", xlabel=lambda k: f"ε ({k[1]} units)",
+                        ylabel="accuracy (%)")
 
 
 def plot_matrices(mats: dict[str, tuple[list[str], list[str], np.ndarray]]) -> bytes | None:
@@ -233,6 +291,8 @@ def _table(rows: list[dict[str, Any]], columns: list[str], pct: set[str] = froze
     def cell(c: str, v: Any) -> str:
         if c in pct and isinstance(v, float):
             return "—" if math.isnan(v) else f"{100 * v:.1f}"
+        if isinstance(v, float):
+            return "—" if math.isnan(v) else f"{v:.4g}"
         return html.escape(str(v))
 
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
@@ -261,6 +321,40 @@ def _headline_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], li
                 cols.append(name) if name not in cols else None
         out.append(line)
     return out, cols
+
+
+def defense_rows(rows: list[dict[str, Any]], summary: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The defence comparison: per defended base model, its undefended line then one line per defence.
+
+    Same columns as the headline (every defence on the same threats), plus the defence's kind, the
+    adaptive attack variants its attack rows took the per-sample worst case over, its cost in
+    seconds and its reliability flags.
+    """
+    head_rows, cols = _headline_rows(rows)
+    by_model = {r["model"]: r for r in head_rows}
+    models = summary.get("models", {})
+    defended = [(k, m) for k, m in models.items() if m.get("defense", "none") != "none" and k in by_model]
+    if not defended:
+        return [], []
+    flags: dict[str, list[str]] = defaultdict(list)
+    for f in summary.get("flags", []):
+        flags[str(f.get("model", ""))].append(str(f.get("name", "")))
+    out: list[dict[str, Any]] = []
+    for base in dict.fromkeys(m["base_model"] for _, m in defended):
+        members = [(base, models.get(base, {}))] + [(k, m) for k, m in defended if m["base_model"] == base]
+        for k, m in members:
+            if k not in by_model:
+                continue
+            names = flags.get(k, [])
+            out.append({
+                **by_model[k],
+                "defence": m.get("defense", "none"),
+                "kind": m.get("defense_kind", "—"),
+                "adaptive attack": m.get("adaptive", "—"),
+                "cost (s)": m.get("defense_seconds") if m.get("defense", "none") != "none" else m.get("train_seconds"),
+                "flags": ", ".join(f"{n} ×{names.count(n)}" for n in dict.fromkeys(names)) or "none",
+            })
+    return out, ["model", "defence", "kind", *cols[1:], "adaptive attack", "cost (s)", "flags"]
 
 
 CSS = """
@@ -295,6 +389,17 @@ def build_html(folder: Path, rows: list[dict[str, Any]], summary: dict[str, Any]
                  "<code>each</code> attacks count a sample as broken when any single-modality attack breaks it), "
                  "and under random corruptions.</p>")
     parts.append(_table(head_rows, cols, pct=set(cols) - {"model"}))
+    drows, dcols = defense_rows(rows, summary)
+    if drows:
+        parts.append(
+            "<h2>Defences</h2><p>Every defence on the same threats as its undefended model (accuracy, %). Attacks on "
+            "a defended model are adaptive: per sample, the worst case over the attack variants that matter for the "
+            "defence (<i>adaptive attack</i> column; e.g. transfer from the undefended model + BPDA + full white-box "
+            "for JR, the CW loss for CRMT, detector evasion for odd-one-out). <i>cost</i>: seconds to train the model "
+            "(undefended line) or to build the defence. A flagged line may overstate robustness (see the flags "
+            "below).</p>")
+        parts.append(_table(drows, dcols, pct=set(dcols) - {"model", "defence", "kind", "adaptive attack",
+                                                           "cost (s)", "flags"}))
     for key, title, text in (
         ("accuracy_vs_eps", "Accuracy vs ε, one modality attacked",
          "Each panel: one attack threat and one attacked modality (the others clean); ε in that modality's units; "
@@ -302,6 +407,11 @@ def build_html(folder: Path, rows: list[dict[str, Any]], summary: dict[str, Any]
         ("modality_matrix", "Modality × perturbation",
          "Accuracy (%) per perturbed modality (rows) and perturbation (columns): missing-modality fills, corruptions "
          "at their strongest severity (mean over kinds), attacks at their largest ε."),
+        ("certified_accuracy", "Certified accuracy",
+         "Fraction of test samples classified correctly with a certified ℓ2 radius above ε (CRMT radius, "
+         "docs/certify.md), for the late-fusion models: the joint panel perturbs every continuous modality in one ℓ2 "
+         "ball (text held clean), the others one modality. <i>sound</i> constants make it a guarantee; "
+         "<i>empirical</i> ones are the paper's estimate."),
     ):
         if key in plots:
             b64 = base64.b64encode(plots[key]).decode()
@@ -323,7 +433,7 @@ def build_html(folder: Path, rows: list[dict[str, Any]], summary: dict[str, Any]
                      "attacks beaten by noise, non-monotone curves or failing unbounded attacks.</p>")
     models = summary.get("models", {})
     if models:
-        mrows = [{"model": k, **{c: v for c, v in m.items() if not isinstance(v, (list, dict))}}
+        mrows = [{"model": k, **{c: v for c, v in m.items() if not isinstance(v, (list, dict)) and c != "defense_id"}}
                  for k, m in models.items()]
         mcols = list(dict.fromkeys(c for r in mrows for c in r))
         parts.append("<h2>Models</h2>" + _table(mrows, mcols, pct={"val_accuracy", "test_accuracy"}))
@@ -352,6 +462,9 @@ def write_report(folder: str | os.PathLike[str]) -> Path:
     matrix_png = plot_matrices(modality_matrix(rows, curves))
     if matrix_png:
         plots["modality_matrix"] = matrix_png
+    cert_png = plot_certified(certified_curves(rows))
+    if cert_png:
+        plots["certified_accuracy"] = cert_png
     for key, data in plots.items():
         with atomic_write(folder / f"{key}.png") as f:
             f.write(data)

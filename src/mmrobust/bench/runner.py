@@ -32,7 +32,7 @@ from mmrobust.utils.provenance import provenance
 DATASET_META_KEYS = ("checksum", "seed", "size", "audio", "builder_version", "espeak_ng_version")
 RESULT_COLUMNS = [
     "model", "defense", "threat", "condition", "label", "family", "modalities", "fill", "kind", "eps", "severity",
-    "seed", "n", "accuracy", "clean_accuracy", "attack_success_rate", "flags",
+    "lipschitz", "variants", "seed", "n", "accuracy", "clean_accuracy", "attack_success_rate", "flags",
 ]
 
 
@@ -47,6 +47,36 @@ def _check_config(cfg: RunConfig, spec: Any) -> None:
         if m.name == "adapter":
             user_model(m, spec)  # import, build and wrap now: a bad entry fails before anything trains
     check_threats(cfg, spec)
+    _check_defenses(cfg, spec)
+
+
+def _check_defenses(cfg: RunConfig, spec: Any) -> None:
+    """Validate the ``defenses`` entries against the grid before anything trains (one clear line each)."""
+    from mmrobust.defenses import create as create_defense
+    from mmrobust.errors import MMRobustError
+
+    labels = {m.label: m for m in cfg.models}
+    seen: set[str] = set()
+    for i, d in enumerate(cfg.defenses):
+        where = f"defenses.{i} ({d.name})"
+        try:
+            defense = create_defense(d.name, **d.params)
+        except MMRobustError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        if d.start == "fresh" and (defense.kind == "training-free" or d.name == "ooo"):
+            raise ConfigError(f"{where}: start: fresh is for training defences; {d.name} is built from the "
+                              "trained model")
+        for m in d.models or []:
+            if m not in labels:
+                raise ConfigError(f"{where}.models: {m!r} is not a model of the grid {list(labels)}")
+            why = _defense_error(d, labels[m], spec)
+            if why is not None:
+                raise ConfigError(f"{where}: cannot defend model {m!r}: {why}")
+        for m in d.models if d.models is not None else [m.label for m in cfg.models]:
+            label = f"{m}+{d.label}"
+            if label in seen or label in labels:
+                raise ConfigError(f"{where}: defended model id {label!r} is used twice; give the defence an id")
+            seen.add(label)
 
 
 def dist_world() -> int:
@@ -122,6 +152,234 @@ def user_model(mcfg: Any, spec: Any) -> Any:
         raise ConfigError(f"models ({mcfg.label}): {e}") from None
 
 
+class _Run:
+    """State of one run: the folder, the data, the rank, and the cell loop shared by every model."""
+
+    def __init__(self, cfg: RunConfig, folder: Path, data: Any, quiet: bool) -> None:
+        self.cfg, self.folder, self.data, self.quiet = cfg, folder, data, quiet
+        self.main = _rank() == 0
+        self.say = (lambda *_a, **_k: None) if quiet or not self.main else print
+        self.flags: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------------------------ models
+    def trained(self, mcfg: Any) -> tuple[Any, dict[str, Any]]:
+        """The grid's model ``mcfg``: the user's module, the stored checkpoint, or a freshly trained one."""
+        cfg, data, label = self.cfg, self.data, mcfg.label
+        ckpt = self.folder / "models" / f"{label}.pt"
+        if mcfg.name == "adapter":
+            model = user_model(mcfg, data.spec)
+            self.say(f"[mmrobust] {label}: your module {mcfg.module} ({model.modalities}), evaluated as given")
+            return model, {"module": mcfg.module, "weights": mcfg.weights}
+        if _from_main(ckpt.exists()):
+            model = load_checkpoint(ckpt)
+            self.say(f"[mmrobust] {label}: checkpoint found, skipping training")
+            return model, model.checkpoint_meta.get("train", {})
+        info: dict[str, Any] = {}
+        if self.main:
+            model = fresh_model(mcfg, data.spec, cfg.seed)
+            self.say(f"[mmrobust] {label}: training ({model.modalities}, fusion {model.fusion_name})")
+            res = train(model, data, cfg.train.model_copy(update={"seed": cfg.seed,
+                                                                  "quiet": self.quiet or cfg.train.quiet}),
+                        checkpoint=ckpt)
+            self.say(f"[mmrobust] {label}: best val {100 * res.best_val_accuracy:.1f}% at epoch "
+                     f"{res.best_epoch} ({res.seconds:.1f}s)")
+            info = res.to_dict()
+        _barrier()
+        if not self.main:
+            model = load_checkpoint(ckpt)
+            info = model.checkpoint_meta.get("train", {})
+        return model, info
+
+    def defended(self, dcfg: Any, mcfg: Any, base: Any) -> tuple[Any, Any, dict[str, Any]]:
+        """``(defence, defended model, defence info)`` of ``dcfg`` on the trained model ``base`` (stored or built)."""
+        from mmrobust.defenses import create as create_defense
+        from mmrobust.models.checkpoint import save_checkpoint
+
+        label = f"{mcfg.label}+{dcfg.label}"
+        ckpt = self.folder / "models" / f"{label}.pt"
+        defense = create_defense(dcfg.name, **dcfg.params)
+        if _from_main(ckpt.exists()):
+            model = load_checkpoint(ckpt)
+            self.say(f"[mmrobust] {label}: checkpoint found, skipping the defence")
+            return defense, model, dict(getattr(model, "defense_info", {}))
+        if self.main:
+            start = base
+            if dcfg.start == "fresh" and defense.kind == "training" and dcfg.name != "ooo":
+                start = fresh_model(mcfg, self.data.spec, self.cfg.seed)
+            self.say(f"[mmrobust] {label}: {defense.id} ({defense.kind}, from the "
+                     f"{'trained' if start is base else 'fresh'} model)")
+            t = time.perf_counter()
+            model = defense.apply(start, self.data, seed=self.cfg.seed, quiet=self.quiet or self.cfg.train.quiet)
+            seconds = round(time.perf_counter() - t, 2)
+            model.defense_info = {**getattr(model, "defense_info", {}), "apply_seconds": seconds}
+            save_checkpoint(model, ckpt, {"dataset": self.data.meta, "defense": defense.describe(),
+                                          "base_model": mcfg.label})
+            self.say(f"[mmrobust] {label}: built in {seconds:.1f}s")
+        _barrier()
+        if not self.main:
+            model = load_checkpoint(ckpt)
+        return defense, model, dict(model.defense_info)
+
+    # ------------------------------------------------------------------------------------- cells
+    def cells(self, label: str, defense: str, model: Any, adapt: Any = None) -> list[dict[str, Any]]:
+        """Evaluate (or read back) every cell of ``model``; returns its rows, the clean row first."""
+        cfg, data = self.cfg, self.data
+        clean: dict[str, Any] | None = None
+        rows: list[dict[str, Any]] = []
+        base = {"model": label, "defense": defense, "seed": cfg.seed, "flags": ""}
+        for group in threat_groups(model, cfg, adapt):
+            full = group.samples is None or group.samples >= len(data.test)
+            split = data.test if full else data.test.subset(list(range(group.samples)))
+
+            def evaluate_group(group: Any = group, split: Any = split) -> tuple[list[dict[str, Any]], list[Any]]:
+                result = evaluate(model, split, group.conditions, batch_size=cfg.eval_batch_size, seed=cfg.seed,
+                                  name=label, progress=not self.quiet and self.main)
+                cell_rows = [{**base, "threat": group.key, **r} for r in result.rows()]
+                if self.main:
+                    result.save_samples(self.folder / "samples" / label / f"{group.key}.npz")
+                return cell_rows, [{"model": label, "threat": group.key, **f} for f in result.flags]
+
+            cell_rows, flags = self.cell(label, group.key, f"{len(group.conditions)} conditions", evaluate_group)
+            for r in cell_rows:
+                if r["condition"] != "clean":
+                    rows.append(r)
+                elif clean is None and full:  # every cell repeats the clean row: keep it once, as its own threat
+                    clean = {**r, "threat": "clean"}
+            self.flags.extend(flags)
+        if cfg.threats.certify is not None and certifiable(model):
+            rows += self.cell(label, "certified", "certified accuracy", lambda: (self.certified(model, base), []))[0]
+        if clean is None:  # no full-size cell: the clean accuracy on its own
+            def clean_only() -> tuple[list[dict[str, Any]], list[Any]]:
+                result = evaluate(model, data.test, [], batch_size=cfg.eval_batch_size, seed=cfg.seed, name=label,
+                                  progress=False)
+                return [{**base, "threat": "clean", **r} for r in result.rows()], []
+
+            clean = self.cell(label, "clean", "clean accuracy", clean_only)[0][0]
+        return [clean, *rows]
+
+    def cell(self, label: str, key: str, what: str, compute: Any) -> tuple[list[dict[str, Any]], list[Any]]:
+        """Read cell ``key`` of ``label`` if stored, else ``compute()`` it and store it atomically (rank 0)."""
+        path = self.folder / "cells" / label / f"{key}.json"
+        if _from_main(path.exists()):
+            stored = json.loads(path.read_text())
+            return stored["rows"], stored.get("flags", [])
+        t = time.perf_counter()
+        rows, flags = compute()
+        if self.main:
+            write_json(path, {"model": label, "threat": key, "rows": rows, "flags": flags,
+                              "seconds": round(time.perf_counter() - t, 2)})
+        _barrier()
+        self.say(f"[mmrobust] {label}: {key} ({what}, {time.perf_counter() - t:.1f}s)")
+        return rows, flags
+
+    def certified(self, model: Any, base: dict[str, Any]) -> list[dict[str, Any]]:
+        """Rows of the ``certified`` cell: certified accuracy per Lipschitz kind × perturbed set × radius."""
+        from mmrobust.certify.curves import certified_rows
+
+        c = self.cfg.threats.certify
+        out: dict[tuple[str, float], dict[str, Any]] = {}
+        for r in certified_rows(model, self.data.test, self.data.train, c.lipschitz, c.radii,
+                                batch_size=self.cfg.eval_batch_size):
+            cond = f"certified[{r['modalities']}|lipschitz={r['lipschitz']}]"
+            out.setdefault((cond, r["radius"]), {  # one-modality models: joint and single are the same row
+                **base, "threat": "certified", "condition": cond, "label": cond, "family": "certified",
+                "modalities": r["modalities"], "lipschitz": r["lipschitz"], "eps": r["radius"], "n": r["n"],
+                "accuracy": r["certified_accuracy"],
+            })
+        return list(out.values())
+
+
+def adaptive_labels(defense: Any, base: Any) -> str:
+    """The attack variants ``defense`` evaluates adaptively (e.g. ``transfer+bpda+full``)."""
+    from mmrobust.attacks.pgd import PGD
+
+    probe = PGD(base.modalities[0], eps=0.0)
+    return "+".join(label for label, _ in defense.attack_variants(probe, base))
+
+
+def fresh_model(mcfg: Any, spec: Any, seed: int) -> Any:
+    """A new, untrained model of the grid entry ``mcfg``."""
+    kwargs = dict(mcfg.kwargs)
+    if mcfg.modality is not None:
+        kwargs["modality"] = mcfg.modality
+    return create_model(mcfg.name, spec, seed=seed, **kwargs)
+
+
+def certifiable(model: Any) -> bool:
+    """Whether the late-fusion certificate applies to ``model`` (late fusion with a continuous modality)."""
+    from mmrobust.certify import certifiable_modalities, late_head
+    from mmrobust.errors import MMRobustError
+
+    try:
+        late_head(model)
+        certifiable_modalities(model)
+    except MMRobustError:
+        return False
+    return True
+
+
+def defenses_of(cfg: RunConfig, mcfg: Any, spec: Any) -> list[Any]:
+    """The defence entries of ``cfg`` that apply to the grid model ``mcfg``, in config order.
+
+    An entry that lists the model must apply to it (checked in :func:`_check_config`); an entry without
+    ``models`` applies to every model its ``check`` accepts.
+    """
+    out = []
+    for d in cfg.defenses:
+        if d.models is not None:
+            if mcfg.label in d.models:
+                out.append(d)
+        elif _defense_error(d, mcfg, spec) is None:
+            out.append(d)
+    return out
+
+
+def _defense_error(d: Any, mcfg: Any, spec: Any) -> str | None:
+    """Why defence entry ``d`` cannot apply to grid model ``mcfg`` (``None``: it can)."""
+    from mmrobust.defenses import create as create_defense
+    from mmrobust.errors import MMRobustError
+
+    if mcfg.name == "adapter":
+        return "defences change a model's internals; an adapter wraps your own module"
+    try:
+        create_defense(d.name, **d.params).check(fresh_model(mcfg, spec, 0))
+    except MMRobustError as e:
+        return str(e)
+    return None
+
+
+def dataset_of(cfg: RunConfig) -> Any:
+    """Load the run's dataset; a bad path or option is a :class:`ConfigError` naming ``dataset``.
+
+    Datasets read from your files get ``meta["checksum"]``: a SHA-256 of every split's arrays, so a
+    run records exactly which data it measured.
+    """
+    from mmrobust.errors import MMRobustError
+
+    try:
+        data = load_dataset(cfg.dataset.name, **cfg.dataset.loader_kwargs())
+    except MMRobustError as e:
+        raise ConfigError(f"dataset ({cfg.dataset.name}): {e}") from None
+    if "checksum" not in data.meta:
+        data.meta["checksum"] = bundle_checksum(data)
+    return data
+
+
+def bundle_checksum(data: Any) -> str:
+    """SHA-256 over the labels and every modality's array of the train, val and test splits (in order)."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for split in (data.train, data.val, data.test):
+        x, y = split.batch(torch.arange(len(split)))
+        for t in (y, *(x[m] for m in data.spec.names)):
+            h.update(str((tuple(t.shape), str(t.dtype))).encode())
+            h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def run(
     cfg: RunConfig,
     runs_dir: str | os.PathLike[str] = "runs",
@@ -147,92 +405,51 @@ def run(
             stale.unlink(missing_ok=True)
         write_text(cfg_path, resolved)
     _barrier()
-    say = (lambda *_a, **_k: None) if quiet or not main else print
 
-    data = load_dataset(cfg.dataset.name, **cfg.dataset.model_dump(exclude={"name"}))
+    data = dataset_of(cfg)
     _check_config(cfg, data.spec)
-    say(f"[mmrobust] dataset {cfg.dataset.name}: {len(data.train)}/{len(data.val)}/{len(data.test)} "
-        f"samples, modalities {data.spec.names} (checksum {data.meta['checksum'][:12]})")
+    state = _Run(cfg, folder, data, quiet)
+    state.say(f"[mmrobust] dataset {cfg.dataset.name}: {len(data.train)}/{len(data.val)}/{len(data.test)} "
+              f"samples, modalities {data.spec.names} (checksum {data.meta['checksum'][:12]})")
 
     all_rows: list[dict[str, Any]] = []
-    all_flags: list[dict[str, Any]] = []
     models_info: dict[str, Any] = {}
     for mcfg in cfg.models:
         label = mcfg.label
-        ckpt = folder / "models" / f"{label}.pt"
-        if mcfg.name == "adapter":
-            model = user_model(mcfg, data.spec)
-            info = {"module": mcfg.module, "weights": mcfg.weights}
-            say(f"[mmrobust] {label}: your module {mcfg.module} ({model.modalities}), evaluated as given")
-        elif _from_main(ckpt.exists()):
-            model = load_checkpoint(ckpt)
-            info = model.checkpoint_meta.get("train", {})
-            say(f"[mmrobust] {label}: checkpoint found, skipping training")
-        else:
-            if main:
-                kwargs = dict(mcfg.kwargs)
-                if mcfg.modality is not None:
-                    kwargs["modality"] = mcfg.modality
-                model = create_model(mcfg.name, data.spec, seed=cfg.seed, **kwargs)
-                say(f"[mmrobust] {label}: training ({model.modalities}, fusion {model.fusion_name})")
-                res = train(model, data, cfg.train.model_copy(update={"seed": cfg.seed,
-                                                                      "quiet": quiet or cfg.train.quiet}),
-                            checkpoint=ckpt)
-                say(f"[mmrobust] {label}: best val {100 * res.best_val_accuracy:.1f}% at epoch "
-                    f"{res.best_epoch} ({res.seconds:.1f}s)")
-            _barrier()
-            if not main:
-                model = load_checkpoint(ckpt)
-            info = model.checkpoint_meta.get("train", {}) if not main else res.to_dict()
-        rows = []
-        for i, group in enumerate(threat_groups(model, cfg)):
-            cell = folder / "cells" / label / f"{group.key}.json"
-            if _from_main(cell.exists()):
-                stored = json.loads(cell.read_text())
-                cell_rows, flags = stored["rows"], stored.get("flags", [])
-            else:
-                t = time.perf_counter()
-                result = evaluate(model, data.test, group.conditions, batch_size=cfg.eval_batch_size,
-                                  seed=cfg.seed, name=label, progress=not quiet and main)
-                cell_rows = [
-                    {"model": label, "defense": "none", "threat": group.key, "seed": cfg.seed, "flags": "", **r}
-                    for r in result.rows()
-                ]
-                flags = [{"model": label, "threat": group.key, **f} for f in result.flags]
-                if main:
-                    result.save_samples(folder / "samples" / label / f"{group.key}.npz")
-                    write_json(cell, {"model": label, "threat": group.key, "rows": cell_rows, "flags": flags,
-                                      "seconds": round(time.perf_counter() - t, 2)})
-                _barrier()
-                say(f"[mmrobust] {label}: {group.key} ({len(group.conditions)} conditions, "
-                    f"{time.perf_counter() - t:.1f}s)")
-            # every cell repeats the clean row; the results keep it once per model, as its own threat
-            rows.extend({**r, "threat": "clean"} if r["condition"] == "clean" else r
-                        for r in cell_rows if i == 0 or r["condition"] != "clean")
-            all_flags.extend(flags)
-        if not rows:  # no threat applies: the clean accuracy alone
-            cell = folder / "cells" / label / "clean.json"
-            if _from_main(cell.exists()):
-                rows = json.loads(cell.read_text())["rows"]
-            else:
-                result = evaluate(model, data.test, [], batch_size=cfg.eval_batch_size, seed=cfg.seed, name=label,
-                                  progress=False)
-                rows = [{"model": label, "defense": "none", "threat": "clean", "seed": cfg.seed, "flags": "", **r}
-                        for r in result.rows()]
-                if main:
-                    write_json(cell, {"model": label, "threat": "clean", "rows": rows, "flags": []})
-                _barrier()
+        model, info = state.trained(mcfg)
+        rows = state.cells(label, "none", model)
         all_rows.extend(rows)
         models_info[label] = {
             "name": mcfg.name,
+            "defense": "none",
             "modalities": model.modalities,
             "train_seconds": info.get("seconds"),
             "best_epoch": info.get("best_epoch"),
             "val_accuracy": info.get("best_val_accuracy"),
-            "test_accuracy": next(r["accuracy"] for r in rows if r["condition"] == "clean"),
+            "test_accuracy": rows[0]["accuracy"],
         }
         if main:
             write_text(folder / "results.csv", rows_to_csv(all_rows, RESULT_COLUMNS))
+        for dcfg in defenses_of(cfg, mcfg, data.spec):
+            dlabel = f"{label}+{dcfg.label}"
+            defense, defended, dinfo = state.defended(dcfg, mcfg, model)
+            rows = state.cells(dlabel, dcfg.label, defended,
+                               adapt=lambda c, d=defense, base=model, m=defended: d.adaptive(c, base, model=m))
+            all_rows.extend(rows)
+            models_info[dlabel] = {
+                "name": mcfg.name,
+                "base_model": label,
+                "defense": dcfg.label,
+                "defense_id": defense.id,
+                "defense_kind": defense.kind,
+                "adaptive": adaptive_labels(defense, model),
+                "modalities": defended.modalities,
+                "defense_seconds": dinfo.get("apply_seconds"),
+                "defense_info": {k: v for k, v in dinfo.items() if not isinstance(v, (list, dict))},
+                "test_accuracy": rows[0]["accuracy"],
+            }
+            if main:
+                write_text(folder / "results.csv", rows_to_csv(all_rows, RESULT_COLUMNS))
 
     summary = {
         "name": name or cfg.name,
@@ -243,7 +460,7 @@ def run(
         "wall_seconds": round(time.perf_counter() - t0, 2),
         "models": models_info,
         "headline": headline(all_rows),
-        "flags": all_flags,
+        "flags": state.flags,
     }
     if not main:
         return folder
@@ -254,7 +471,7 @@ def run(
 
     report = write_report(folder)
     print(pivot_table(all_rows))
-    say(f"[mmrobust] report: {report}")
+    state.say(f"[mmrobust] report: {report}")
     print(f"\n[mmrobust] run folder: {folder}  ({summary['wall_seconds']:.0f}s)")
     return folder
 

@@ -7,7 +7,12 @@ stored on its own, so a killed run resumes cell by cell. The groups of a model a
   fusion can drop; none for one-modality models);
 * ``attack-<label>``: one attack entry over its whole ε grid (together, so the reliability checks
   can compare radii);
-* ``corruption-<modality>``: every kind × severity of one modality's corruptions.
+* ``corruption-<modality>``: every kind × severity of one modality's corruptions;
+* ``certified`` (late-fusion models, written by the runner, not a condition group): certified
+  accuracy at each radius of ``threats.certify``.
+
+A defended model gets the same groups with every attack made adaptive to its defence
+(:meth:`mmrobust.defenses.Defense.adaptive`).
 
 A threat that names a modality the model does not have does not apply to it (unimodal models get
 the single-source threats of their own modality only); per-modality radii are restricted to the
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import inspect
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,11 +42,13 @@ class ThreatGroup:
         key: File-safe cell name (``missing``, ``attack-pgd-each``, ``corruption-image``).
         family: ``missing``, ``attack`` or ``corruption``.
         conditions: The conditions, evaluated together.
+        samples: Evaluate on the first ``samples`` test samples only (``None``: all).
     """
 
     key: str
     family: str
     conditions: list[Condition]
+    samples: int | None = None
 
 
 def _safe(text: str) -> str:
@@ -81,8 +89,16 @@ def attack_condition(a: AttackConfig, eps: Radius, modalities: list[str], token:
     return ATTACKS.create(a.name, modalities=mods, **params)
 
 
-def threat_groups(model: Any, cfg: RunConfig) -> list[ThreatGroup]:
-    """The cells of ``model`` under ``cfg.threats``, in a fixed order."""
+def threat_groups(
+    model: Any, cfg: RunConfig, adapt: Callable[[Condition], Condition] | None = None
+) -> list[ThreatGroup]:
+    """The cells of ``model`` under ``cfg.threats``, in a fixed order.
+
+    Args:
+        model: The evaluated model.
+        cfg: The run config.
+        adapt: Applied to every attack condition (a defended model: ``defense.adaptive(c, undefended)``).
+    """
     t = cfg.threats
     groups: list[ThreatGroup] = []
     names = list(model.modalities)
@@ -98,7 +114,9 @@ def threat_groups(model: Any, cfg: RunConfig) -> list[ThreatGroup]:
         made = [attack_condition(a, e, names, token) for e in a.eps]
         conds = [c for c in made if c is not None]
         if conds:
-            groups.append(ThreatGroup(f"attack-{_safe(a.label)}", "attack", conds))
+            if adapt is not None:
+                conds = [adapt(c) for c in conds]
+            groups.append(ThreatGroup(f"attack-{_safe(a.label)}", "attack", conds, a.samples))
     if t.corruptions is not None:
         c = t.corruptions
         mods = names if c.modalities == "each" else [m for m in c.modalities if m in names]

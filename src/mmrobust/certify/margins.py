@@ -72,8 +72,13 @@ def late_head(model: Any) -> LateHead:
         weights, folded = effective()
         names = tuple(model.modalities)
         return LateHead(names, {m: weights[m].detach() for m in names}, folded.detach())
+    name = getattr(model, "fusion_name", type(fusion).__name__ if fusion is not None else type(model).__name__)
+    if getattr(fusion, "adaptive_weights", False):  # JR: W_m depends on the input, the fused logits are not linear
+        raise UnsupportedError(
+            f"the CRMT certificate needs fused logits Σ_m W^(m) φ_m(x_m) + b with fixed W^(m); {name!r} fusion "
+            "weighs each modality per sample, so no certified radius is available for it"
+        )
     if not isinstance(fusion, LateFusion) or not plain_head:
-        name = getattr(model, "fusion_name", type(fusion).__name__ if fusion is not None else type(model).__name__)
         raise UnsupportedError(
             f"the CRMT certificate needs a late-fusion model (fused logits = Σ_m W^(m) φ_m(x_m) + b); this model "
             f"uses {name!r} fusion"

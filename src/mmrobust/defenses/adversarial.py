@@ -41,7 +41,7 @@ from mmrobust.attacks.gradient import AttackOutput
 from mmrobust.attacks.pgd import PGD
 from mmrobust.datasets.dataset import DatasetBundle, ModalityStats
 from mmrobust.defenses.base import Defense
-from mmrobust.defenses.dropout import check_training, supervised_loss, train_copy, training_info, unimodal_weight
+from mmrobust.defenses.training import check_training, supervised_loss, train_copy, training_info, unimodal_weight
 from mmrobust.errors import InputError, UnsupportedError
 from mmrobust.models.base import MultimodalModel
 

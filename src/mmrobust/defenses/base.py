@@ -18,6 +18,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
+from mmrobust.attacks.base import Condition
 from mmrobust.datasets.dataset import DatasetBundle
 from mmrobust.errors import InputError, UnsupportedError
 from mmrobust.models.base import MultimodalModel
@@ -75,6 +76,60 @@ class Defense(ABC):
         Returns:
             The defended model in eval mode, with ``config["defense"]`` and ``defense_info`` set.
         """
+
+    def attack_variants(
+        self, attack: Condition, undefended: MultimodalModel | None = None
+    ) -> list[tuple[str, Condition]]:
+        """The attacks an adaptive evaluation of this defence runs in place of ``attack``.
+
+        The default, for defences that keep an ordinary differentiable model (adversarial training,
+        mix-up, modality dropout): ``attack`` itself, white-box. Defences whose inference obstructs
+        or saturates the gradient override this (JR: transfer, BPDA, full; CRMT: CW loss;
+        odd-one-out: detector evasion). The original ``attack`` comes last.
+
+        Args:
+            attack: An attack condition at one threat (modalities, norm, ε).
+            undefended: The model the defence was built from (the source of transfer attacks), if known.
+
+        Returns:
+            ``[(label, condition), ...]``; labels are short and unique.
+        """
+        return [("white-box", attack)]
+
+    def adaptive(
+        self, attack: Condition, undefended: MultimodalModel | None = None, *, model: MultimodalModel | None = None
+    ) -> Condition:
+        """``attack`` made adaptive to this defence: the per-sample worst case over :meth:`attack_variants`.
+
+        Returns ``attack`` itself when there is one variant, else a
+        :class:`~mmrobust.attacks.adaptive.WorstCase` whose row carries ``attack``'s parameters. A
+        ``modalities="each"`` gradient attack is split into its single-modality attacks, each made
+        adaptive, and combined by an outer worst case labelled by modality, so ``info`` keeps the
+        per-modality outcomes ``success/<m>`` that ``each`` attacks record.
+
+        Args:
+            attack: The attack at one threat.
+            undefended: The model the defence was built from (source of transfer attacks), if known.
+            model: The evaluated model (its modalities expand ``each``; default: ``undefended``).
+
+        Example:
+            >>> import mmrobust as mr
+            >>> pgd = mr.attacks.create("pgd", modalities="audio", eps=0.05, steps=10)
+            >>> mr.defenses.create("crmt").adaptive(pgd).params()["variants"]
+            'cw+ce'
+        """
+        from mmrobust.attacks.adaptive import WorstCase
+        from mmrobust.attacks.gradient import GradientAttack
+
+        names = getattr(model or undefended, "modalities", None)
+        if isinstance(attack, GradientAttack) and attack.threat.each and names is not None:
+            mods = attack.threat.expand(model or undefended)
+            if len(self.attack_variants(attack, undefended)) > 1:
+                return WorstCase([self.adaptive(attack.single(m), undefended) for m in mods], mods, base=attack)
+        variants = self.attack_variants(attack, undefended)
+        if len(variants) == 1:
+            return variants[0][1]
+        return WorstCase([c for _, c in variants], [lb for lb, _ in variants])
 
     def _mark(self, model: MultimodalModel, info: dict[str, Any] | None = None) -> MultimodalModel:
         """Record this defence on ``model`` (``config["defense"]``, ``defense_info``); returns it in eval mode."""

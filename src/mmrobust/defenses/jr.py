@@ -171,6 +171,20 @@ class JR(Defense):
             )
         return out
 
+    def attack_variants(
+        self, attack: Condition, undefended: MultimodalModel | None = None
+    ) -> list[tuple[str, Condition]]:
+        """Transfer from the undefended fusion (if given), BPDA (W_m constant in the backward) and full white-box.
+
+        methods.md §2: the reported robust accuracy is the minimum over the three modes, per sample.
+        """
+        from mmrobust.attacks.adaptive import Bpda
+
+        variants: list[tuple[str, Condition]] = []
+        if undefended is not None:
+            variants.append(("transfer", Transfer(attack, undefended, source_name="undefended")))
+        return [*variants, ("bpda", Bpda(attack)), ("full", attack)]
+
     def check(self, model: MultimodalModel) -> None:
         """JR needs a trained ``late`` fusion model with at least two modalities.
 

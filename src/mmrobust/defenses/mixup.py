@@ -69,7 +69,7 @@ from torch import Tensor
 
 from mmrobust.datasets.dataset import DatasetBundle, MultimodalDataset
 from mmrobust.defenses.base import Defense
-from mmrobust.defenses.dropout import check_training, supervised_loss, train_copy, training_info, unimodal_weight
+from mmrobust.defenses.training import check_training, supervised_loss, train_copy, training_info, unimodal_weight
 from mmrobust.errors import InputError
 from mmrobust.models.base import MultimodalModel
 from mmrobust.models.encoders import TextEncoder

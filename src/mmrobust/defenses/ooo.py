@@ -23,7 +23,9 @@ Recipe (:meth:`OddOneOut.apply`):
    term a mean over the batch; optionally also a randomly corrupted view of one modality i
    (``mr.attacks.create("corruption", ...)``), labelled i, with its own CE and detection terms.
 
-Training runs through :func:`mmrobust.train` (seeded shuffling, Adam, validation selection); by
+Training runs through :func:`mmrobust.train` (seeded shuffling, Adam, validation selection) with the
+two knobs every training defence takes, ``epochs`` and ``train`` (other
+:class:`~mmrobust.train.TrainConfig` fields, see :mod:`mmrobust.defenses.training`); by
 default the selected epoch maximises ½ (clean accuracy + per-sample worst-case accuracy over the
 modalities and over plain and adaptive PGD) on a fixed validation subset.
 
@@ -46,12 +48,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mmrobust.attacks.base import EvalContext
+from mmrobust.attacks.base import Condition, EvalContext
 from mmrobust.attacks.corruptions import Corruption, kinds_for
 from mmrobust.attacks.evade import Evade
 from mmrobust.attacks.pgd import PGD
 from mmrobust.datasets.dataset import DatasetBundle, MultimodalDataset
 from mmrobust.defenses.base import Defense
+from mmrobust.defenses.training import check_training
 from mmrobust.errors import InputError
 from mmrobust.models.base import MultimodalModel
 from mmrobust.models.fusion.concat import ConcatFusion
@@ -66,6 +69,17 @@ DEFAULT_EPS: dict[str, float] = {"image": 0.1, "audio": 0.05, "text": 0.5}
 
 _ATTACK_MODALITIES = ("random", "sample", "all")
 _SELECT = ("robust", "clean")
+
+#: OOO's own defaults for TrainConfig fields where they differ from TrainConfig's.
+TRAIN_DEFAULTS: dict[str, Any] = {"lr": 1e-3}
+
+#: TrainConfig fields OOO does not take in ``train`` (besides seed, quiet and epochs), and why.
+_RESERVED: dict[str, str] = {
+    "unimodal_loss": "does not apply: OOO's loss is its own (cross-entropy of every view + lam × the "
+    "odd-one-out loss)",
+    "modality_dropout": "is not supported: a zeroed modality in the clean view would be labelled 'none "
+    "perturbed' for the odd-one-out network (corruptions=True adds corrupted views labelled with their modality)",
+}
 
 
 def _number(v: object, what: str, *, minimum: float = 0.0, strict: bool = False) -> float:
@@ -116,8 +130,9 @@ class OddOneOut(Defense):
         detector_hidden: Width of the odd-one-out network's hidden layers.
         detector_layers: Its number of hidden layers.
         epochs: Training epochs.
-        lr: Adam learning rate.
-        batch_size: Training batch size.
+        train: Other :class:`~mmrobust.train.TrainConfig` fields: ``lr`` (Adam learning rate, default
+            1e-3), ``batch_size`` (default 64), ``weight_decay`` (default 0), ``patience``,
+            ``tensorboard``. Not ``unimodal_loss`` (the loss is OOO's own) nor ``modality_dropout``.
         select: ``robust`` (choose the epoch maximising ½(clean + worst-case single-source accuracy
             under the training attack and Evade, κ = 1) on ``select_samples`` validation samples) or
             ``clean`` (validation accuracy).
@@ -128,6 +143,8 @@ class OddOneOut(Defense):
         >>> ooo = mr.defenses.create("ooo", epochs=5)
         >>> ooo.kind, ooo.params()["attack_modalities"]
         ('training', 'random')
+        >>> mr.defenses.create("ooo", epochs=8, train={"lr": 2e-3, "batch_size": 32}).params()["train"]
+        {'batch_size': 32, 'lr': 0.002}
     """
 
     name: ClassVar[str] = "ooo"
@@ -151,8 +168,7 @@ class OddOneOut(Defense):
         detector_hidden: int = 128,
         detector_layers: int = 1,
         epochs: int = 10,
-        lr: float = 1e-3,
-        batch_size: int = 64,
+        train: Mapping[str, Any] | None = None,
         select: str = "robust",
         select_samples: int = 256,
     ) -> None:
@@ -187,9 +203,8 @@ class OddOneOut(Defense):
         self.hidden = None if hidden is None else _count(hidden, "hidden")
         self.detector_hidden = _count(detector_hidden, "detector_hidden")
         self.detector_layers = _count(detector_layers, "detector_layers")
-        self.epochs = _count(epochs, "epochs")
-        self.lr = _number(lr, "lr", strict=True)
-        self.batch_size = _count(batch_size, "batch_size")
+        self.epochs, self.train = check_training(self.name, epochs, train, reserved=_RESERVED,
+                                                 defaults=TRAIN_DEFAULTS)
         if select not in _SELECT:
             raise InputError(f"ooo: select must be 'robust' or 'clean', got {select!r}")
         self.select = select
@@ -213,13 +228,28 @@ class OddOneOut(Defense):
             "detector_hidden": self.detector_hidden,
             "detector_layers": self.detector_layers,
             "epochs": self.epochs,
-            "lr": self.lr,
-            "batch_size": self.batch_size,
+            "train": dict(self.train),
             "select": self.select,
             "select_samples": self.select_samples,
         }
 
     # ---------------------------------------------------------------------------------- checks
+    def attack_variants(
+        self, attack: Condition, undefended: MultimodalModel | None = None
+    ) -> list[tuple[str, Condition]]:
+        """Detector evasion (``evade``, κ = 1: perturb i *and* keep the detector off i), the CW loss, ``attack``.
+
+        methods.md §5's adaptive attack. ``evade`` is a PGD, so it is added for PGD attacks only; other
+        gradient attacks get the CW variant; every variant differentiates through the gates.
+        """
+        variants: list[tuple[str, Condition]] = []
+        if type(attack) is PGD:
+            variants.append(("evade", attack.replace(into=Evade, kappa=1.0, target="attacked")))
+        loss = getattr(attack, "loss", None)
+        if loss is not None and loss != "cw":
+            variants.append(("cw", attack.replace(loss="cw")))
+        return [*variants, (str(loss or "white-box"), attack)]
+
     def check(self, model: MultimodalModel) -> None:
         """A multimodal model (>= 2 modalities) and a training radius for each of its modalities."""
         super().check(model)
@@ -430,8 +460,7 @@ class OddOneOut(Defense):
         result = train(
             robust,
             data,
-            {"epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size, "seed": seed,
-             "unimodal_loss": 0.0, "quiet": quiet},
+            {**self.train, "epochs": self.epochs, "seed": seed, "unimodal_loss": 0.0, "quiet": quiet},
             objective=self.objective(robust, train_set.stats),
             parameters=params,
             score=score,

@@ -32,8 +32,8 @@ white-box through it: when x_m requires grad (an attack's leaf) and the mode is 
 are taken with ``create_graph=True``, so the attack gradient includes ∂H_m/∂x_m (zero almost
 everywhere for ReLU/max-pool encoders, exact in general). An embedding the hooks did not see (computed
 outside the model's encoders, or moved to another device) raises :class:`~mmrobust.errors.UnsupportedError`.
-Checkpoints cannot hold the hooks: after ``mr.models.load`` call :func:`bind_input_jacobians` again
-(the other modes need nothing).
+Checkpoints cannot hold the hooks: ``mr.models.load`` binds them again (a model built by hand needs
+:func:`bind_input_jacobians`; the other modes need nothing).
 
 Attack modes (methods.md §2, "Evaluation"): ``fusion.mode`` is ``"full"`` (gradients flow through the
 solve, i.e. through p₀ and H_m) or ``"bpda"`` (forward unchanged, W_m treated as a constant in the
@@ -169,6 +169,8 @@ class JRFusion(LateFusion):
 
     supports_drop: ClassVar[bool] = True
     late: ClassVar[bool] = True
+    MODES: ClassVar[tuple[str, ...]] = MODES  # gradient modes (``bpda`` makes mr.attacks.Bpda applicable)
+    adaptive_weights: ClassVar[bool] = True  # per-sample W_m: late-fusion certificates do not apply
 
     def __init__(
         self,
@@ -231,8 +233,8 @@ class JRFusion(LateFusion):
         if self.jacobian == "input" and self._bound is None:
             raise UnsupportedError(
                 "jr fusion with jacobian='input' needs the model's encoders to reach each embedding's input: "
-                "call mmrobust.models.fusion.jr.bind_input_jacobians(model) (JR.apply does it; checkpoints "
-                "cannot store the binding, so call it again after mr.models.load)"
+                "call mmrobust.models.fusion.jr.bind_input_jacobians(model) (JR.apply and mr.models.load do it; "
+                "a model built by hand needs the call)"
             )
         uni = self.unimodal_logits(z)
         if not uni:
@@ -358,8 +360,8 @@ def jr_mode(model: Any, mode: str) -> Iterator[Any]:
 def bind_input_jacobians(model: Any) -> Any:
     """Hook ``model``'s encoders for ``jacobian="input"`` (idempotent; returns the model).
 
-    Needed once per model object: :class:`~mmrobust.defenses.jr.JR` does it; after
-    ``mr.models.load`` or building the model by hand, call it yourself.
+    Needed once per model object: :class:`~mmrobust.defenses.jr.JR` and ``mr.models.load`` do it;
+    after building the model by hand, call it yourself.
     """
     fusion = _jr_fusion(model)
     tokens = [m for m in fusion.names if model.spec[m].is_tokens]
