@@ -29,6 +29,8 @@ from mmrobust.models.base import MultimodalModel
 from mmrobust.spec import DatasetSpec, ModalitySpec
 
 K = 4
+#: torch's thread count before the session fixture below sets 1 (what a user's process runs with).
+DEFAULT_THREADS = torch.get_num_threads()
 
 
 def toy_spec() -> DatasetSpec:

@@ -22,8 +22,17 @@ DEFENDED = ["late+jr", "late+crmt", "concat+ooo", "concat+at", "concat+mixup", "
 
 @pytest.fixture(scope="session")
 def default_run(tmp_path_factory):
+    import torch
+
+    from conftest import DEFAULT_THREADS
+
     runs = tmp_path_factory.mktemp("runs")
-    assert main(["run", "--runs-dir", str(runs), "--quiet"]) == 0
+    one = torch.get_num_threads()
+    torch.set_num_threads(DEFAULT_THREADS)  # as `mmrobust run` runs for a user (the tests pin 1 thread)
+    try:
+        assert main(["run", "--runs-dir", str(runs), "--quiet"]) == 0
+    finally:
+        torch.set_num_threads(one)
     return runs / "default"
 
 

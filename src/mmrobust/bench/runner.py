@@ -206,8 +206,8 @@ class _Run:
             start = base
             if dcfg.start == "fresh" and defense.kind == "training" and dcfg.name != "ooo":
                 start = fresh_model(mcfg, self.data.spec, self.cfg.seed)
-            self.say(f"[mmrobust] {label}: {defense.id} ({defense.kind}, from the "
-                     f"{'trained' if start is base else 'fresh'} model)")
+            self.say(f"[mmrobust] {label}: building {defense.name} ({defense.kind}, from the "
+                     f"{'trained' if start is base else 'fresh'} {mcfg.label} model)")
             t = time.perf_counter()
             model = defense.apply(start, self.data, seed=self.cfg.seed, quiet=self.quiet or self.cfg.train.quiet)
             seconds = round(time.perf_counter() - t, 2)
