@@ -189,3 +189,21 @@ def test_user_module_from_a_config(tmp_path, monkeypatch, mmdigits_tiny_cache, t
     bad.write_text("models: [{name: late, order: [image]}]\n")
     assert main(["run", str(bad), "--runs-dir", str(tmp_path / "runs")]) == 2
     assert "are for name: adapter" in capsys.readouterr().err
+
+
+def test_seed_override_makes_its_own_run_folder(small_run, tmp_path, capsys):
+    """`mmrobust run CONFIG --seed S`: the config's seed replaced, the folder named <name>-seed<S>."""
+    import yaml
+
+    cfg = yaml.safe_load((small_run / "config.yaml").read_text())
+    cfg["threats"] = {"missing": {"fills": ["zeros"]}, "attacks": [], "corruptions": None, "certify": None}
+    path = tmp_path / "small.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path), "--runs-dir", str(tmp_path / "runs"), "--seed", "3", "--quiet"]) == 0
+    folder = tmp_path / "runs" / "small-seed3"
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["seed"] == 3 and "seed: 3" in (folder / "config.yaml").read_text()
+    assert {r["seed"] for r in read_rows(folder)} == {"3"}
+    capsys.readouterr()
+    assert main(["run", str(path), "--runs-dir", str(tmp_path / "runs"), "--seed", "-1"]) == 2
+    assert "--seed must be >= 0" in capsys.readouterr().err

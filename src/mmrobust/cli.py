@@ -215,8 +215,15 @@ def _attack_conditions(specs: Sequence[str], eps: str | None) -> list:
 
 def _run(args: argparse.Namespace) -> int:
     from mmrobust.bench import load_config, run
+    from mmrobust.errors import InputError
 
     cfg = load_config(args.config)
+    if args.seed is not None:  # a seed sweep is one run folder per seed: --seed S --name NAME-sS
+        if args.seed < 0:
+            raise InputError(f"run: --seed must be >= 0, got {args.seed}")
+        cfg = cfg.model_copy(update={"seed": args.seed})
+        if args.name is None:
+            args.name = f"{cfg.name}-seed{args.seed}"
     group = _init_distributed()
     try:
         run(cfg, runs_dir=args.runs_dir, name=args.name, quiet=args.quiet)
@@ -344,7 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a benchmark config (default: the built-in MM-Digits benchmark)")
     r.add_argument("config", nargs="?", default=None, help="YAML config (omit for the default)")
     r.add_argument("--runs-dir", default="runs")
-    r.add_argument("--name", default=None, help="run folder name (default: the config's name)")
+    r.add_argument("--name", default=None, help="run folder name (default: the config's name; with --seed, "
+                   "<name>-seed<S>)")
+    r.add_argument("--seed", type=int, default=None, help="override the config's seed (model initialisation, "
+                   "training, evaluation); one run folder per seed")
     r.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
     r.set_defaults(func=_run)
 
