@@ -582,7 +582,7 @@ def test_hdf5_matches_npz(tmp_path):
 def test_run_config_reads_your_npz_file_end_to_end(tmp_path):
     """`dataset: {name: npz, path: ...}` in a run config: trained, attacked, corrupted, recorded with a checksum."""
     from mmrobust.bench.config import validate_config
-    from mmrobust.bench.runner import bundle_checksum, run
+    from mmrobust.bench.runner import run
 
     path = tmp_path / "mine.npz"
     np.savez(path, **flat_arrays(120))
@@ -597,10 +597,10 @@ def test_run_config_reads_your_npz_file_end_to_end(tmp_path):
     assert "fgsm[photo" in rows and "missing[sensor" in rows
     summary = json.loads((folder / "summary.json").read_text())
     data = mr.datasets.load("npz", path=path, seed=1)
-    assert summary["dataset"]["checksum"] == bundle_checksum(data) and len(bundle_checksum(data)) == 64
+    assert summary["dataset"]["checksum"] == data.meta["checksum"] and len(data.meta["checksum"]) == 64
     assert summary["dataset"]["seed"] is None or summary["dataset"]["seed"] == 1
     np.savez(path, **flat_arrays(120, seed=5))  # other data, same file name: another checksum
-    assert bundle_checksum(mr.datasets.load("npz", path=path, seed=1)) != summary["dataset"]["checksum"]
+    assert mr.datasets.load("npz", path=path, seed=1).meta["checksum"] != summary["dataset"]["checksum"]
 
 
 @pytest.mark.parametrize(

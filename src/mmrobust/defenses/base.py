@@ -121,14 +121,13 @@ class Defense(ABC):
         from mmrobust.attacks.adaptive import WorstCase
         from mmrobust.attacks.gradient import GradientAttack
 
-        names = getattr(model or undefended, "modalities", None)
-        if isinstance(attack, GradientAttack) and attack.threat.each and names is not None:
-            mods = attack.threat.expand(model or undefended)
-            if len(self.attack_variants(attack, undefended)) > 1:
-                return WorstCase([self.adaptive(attack.single(m), undefended) for m in mods], mods, base=attack)
         variants = self.attack_variants(attack, undefended)
         if len(variants) == 1:
             return variants[0][1]
+        target = model or undefended
+        if isinstance(attack, GradientAttack) and attack.threat.each and target is not None:
+            mods = attack.threat.expand(target)
+            return WorstCase([self.adaptive(attack.single(m), undefended) for m in mods], mods, base=attack)
         return WorstCase([c for _, c in variants], [lb for lb, _ in variants])
 
     def _mark(self, model: MultimodalModel, info: dict[str, Any] | None = None) -> MultimodalModel:

@@ -102,6 +102,21 @@ def _row_blocks(n: int, per_row: int) -> list[slice]:
     return [slice(i, min(n, i + rows)) for i in range(0, n, rows)] if n > rows else [slice(None)]
 
 
+def _in_row_blocks(solve: Any, lead: Tensor, gram: Tensor, gamma: float) -> Tensor:
+    """``solve(lead, gram, γ)`` over blocks of rows of ``lead`` (N, ...) so K×K temporaries stay bounded.
+
+    ``gram`` is (N, K, K) per sample or (K, K) / (1, K, K) shared; per-sample grams are sliced with ``lead``.
+    """
+    if gram.dim() == 2:
+        gram = gram[None]
+    n, k = lead.shape[0], lead.shape[1]
+    blocks = _row_blocks(n, k * k)
+    if len(blocks) == 1:
+        return solve(lead, gram, float(gamma))
+    per_sample = gram.shape[0] == n and n > 1
+    return torch.cat([solve(lead[r], gram[r] if per_sample else gram, float(gamma)) for r in blocks])
+
+
 def _batched_rows(t: Tensor | float, n: int) -> bool:
     return isinstance(t, Tensor) and t.dim() == 2 and t.shape[0] == n and n > 1
 
@@ -313,14 +328,7 @@ def jr_weights_eigen(s: Tensor, gram: Tensor, gamma: float) -> Tensor:
         (N, K, K). Gradients flow to ``s`` and ``gram`` through the adjoint linear solve, never
         through ``eigh``'s eigenvector derivatives (stable at repeated eigenvalues).
     """
-    if gram.dim() == 2:
-        gram = gram[None]
-    n = s.shape[0]
-    blocks = _row_blocks(n, s.shape[1] * s.shape[2])
-    if len(blocks) == 1:
-        return _EigenSylvester.apply(s, gram, float(gamma))
-    per_sample = gram.shape[0] == n and n > 1
-    return torch.cat([_EigenSylvester.apply(s[r], gram[r] if per_sample else gram, float(gamma)) for r in blocks])
+    return _in_row_blocks(_EigenSylvester.apply, s, gram, gamma)
 
 
 class _GramBasisSylvester(torch.autograd.Function):
@@ -369,16 +377,7 @@ def jr_weights_gram_basis(p: Tensor, gram: Tensor, gamma: float) -> Tensor:
     Returns:
         (N, K, K).
     """
-    if gram.dim() == 2:
-        gram = gram[None]
-    n = p.shape[0]
-    blocks = _row_blocks(n, p.shape[1] * p.shape[1])
-    if len(blocks) == 1:
-        return _GramBasisSylvester.apply(p, gram, float(gamma))
-    per_sample = gram.shape[0] == n and n > 1
-    return torch.cat(
-        [_GramBasisSylvester.apply(p[r], gram[r] if per_sample else gram, float(gamma)) for r in blocks]
-    )
+    return _in_row_blocks(_GramBasisSylvester.apply, p, gram, gamma)
 
 
 class _SymSylvester(torch.autograd.Function):

@@ -79,10 +79,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> MultimodalModel:
             f"version?): {detail[:300]}"
         ) from None
     model.checkpoint_meta = payload.get("meta", {})
-    if getattr(model.fusion, "jacobian", None) == "input":  # JR with input Jacobians hooks the encoders
-        from mmrobust.models.fusion.jr import bind_input_jacobians
-
-        bind_input_jacobians(model)
+    on_load = getattr(model.fusion, "on_load", None)  # fusions that hook the model (JR's input Jacobians)
+    if callable(on_load):
+        on_load(model)
     if defense is not None:
         model.defense_info = dict(model.checkpoint_meta.get("defense_info", {}))
     return model.eval()

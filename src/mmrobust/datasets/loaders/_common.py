@@ -19,6 +19,7 @@ import torch
 from mmrobust.datasets.dataset import DatasetBundle, MultimodalDataset, compute_stats
 from mmrobust.errors import InputError
 from mmrobust.spec import DatasetSpec
+from mmrobust.utils.io import arrays_digest
 
 #: Samples converted per block (bounds the temporary memory of a float64 -> float32 conversion).
 CHUNK = 4096
@@ -149,7 +150,11 @@ def build_bundle(
     meta: dict[str, Any],
     source: str,
 ) -> DatasetBundle:
-    """Wrap ``{"train"|"val"|"test": ({modality: array}, labels)}`` into a bundle (training-split stats)."""
+    """Wrap ``{"train"|"val"|"test": ({modality: array}, labels)}`` into a bundle (training-split stats).
+
+    ``meta["checksum"]`` is a SHA-256 over every split's arrays and labels: the identity of the data
+    that runs record, so two files of the same name with other contents are told apart.
+    """
     tensors = {}
     for s in SPLITS:
         x, y = splits[s]
@@ -167,7 +172,10 @@ def build_bundle(
             sets[s] = MultimodalDataset(x, y, spec, stats=stats, name=s)
         except InputError as e:
             raise InputError(f"{source} ({s} split): {e}") from None
-    meta = {**meta, "sizes": {s: len(sets[s]) for s in SPLITS}}
+    # the data's identity for provenance: one SHA-256 over every split's arrays and labels
+    digest = arrays_digest({f"{s}/{k}": v.numpy() for s in SPLITS
+                            for k, v in {**tensors[s][0], "__labels__": tensors[s][1]}.items()})
+    meta = {**meta, "sizes": {s: len(sets[s]) for s in SPLITS}, "checksum": digest}
     return DatasetBundle(sets["train"], sets["val"], sets["test"], spec, meta)
 
 

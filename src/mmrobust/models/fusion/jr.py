@@ -211,6 +211,11 @@ class JRFusion(LateFusion):
         finally:
             self.mode = old
 
+    def on_load(self, model: Any) -> None:
+        """Called by ``mr.models.load`` with the rebuilt model: re-bind the input-Jacobian hooks (``input`` mode)."""
+        if self.jacobian == "input":
+            bind_input_jacobians(model)
+
     def bind(self, encoders: Mapping[str, nn.Module], token_modalities: Sequence[str] = ()) -> None:
         """Hook the model's encoders so ``jacobian="input"`` can find each embedding's input.
 
