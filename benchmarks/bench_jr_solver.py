@@ -45,7 +45,7 @@ import numpy as np  # noqa: E402
 import scipy.linalg as sl  # noqa: E402
 import torch  # noqa: E402
 
-from mmrobust.defenses.sylvester import (  # noqa: E402
+from mmrobust.models.fusion.sylvester import (  # noqa: E402
     jr_apply,
     jr_weights,
     jr_weights_eigen,

@@ -32,7 +32,8 @@ import torch
 import mmrobust as mr
 from mmrobust import certify as C
 from mmrobust.certify import certifiable_modalities
-from mmrobust.defenses.crmt import CRMT, crmt_scales, direction_lipschitz
+from mmrobust.certify.crmt import crmt_scales, direction_lipschitz
+from mmrobust.defenses.crmt import CRMT
 from mmrobust.train import accuracy
 from mmrobust.utils.io import write_json, write_text
 from mmrobust.utils.provenance import provenance
@@ -279,7 +280,7 @@ def measure(
     atk = {m: mr.attacks.create("pgd", modalities=m, norm=nrm, eps=e, steps=20, loss="cw",
                                 token_surface="embedding" if model.spec[m].is_tokens else None)
            for m, (nrm, e) in PREF_ATTACKS.items()}
-    pref = mr.metrics.modality_preference(model, test_sub, attacks=atk, seed=args.seed, name=name)
+    pref = mr.analysis.modality_preference(model, test_sub, attacks=atk, seed=args.seed, name=name)
     out["preference"] = pref.to_dict()
     return out
 
@@ -497,7 +498,7 @@ def render(p: dict[str, Any]) -> str:
                          f"{tt['image']:.3g} / {tt['audio']:.3g} |")
 
     lines += ["", "## Modality preference", "",
-              f"`mr.metrics.modality_preference` on the first {p['n_attack']} test samples: removal drop = clean − "
+              f"`mr.analysis.modality_preference` on the first {p['n_attack']} test samples: removal drop = clean − "
               "accuracy with the modality dropped (`missing`, fill `drop`); attack drop = clean − accuracy under "
               "PGD on that modality alone (image and audio ℓ2 ε = 1, text ℓ∞ ε = 0.5 on token embeddings, 20 "
               "steps, CW loss); mean margin = mean over samples of min_{k≠y} ζ_k^(m) (the modality's uni-modal "

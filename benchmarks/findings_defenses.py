@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from mmrobust.bench.report import _key, defense_rows, read_rows
+from mmrobust.bench.report import _key, defense_rows
+from mmrobust.bench.results import read_rows
 from mmrobust.reliability import FLAG_DOCS
 
 MODALITIES = ("image", "audio", "text")

@@ -23,7 +23,8 @@ import torch
 
 import mmrobust as mr
 from mmrobust.certify import certify_dataset, lipschitz_constants
-from mmrobust.metrics import geometry_report, modality_preference
+from mmrobust.analysis import modality_preference
+from mmrobust.metrics import geometry_report
 from mmrobust.utils.io import write_json, write_text
 from mmrobust.utils.provenance import provenance
 

@@ -17,14 +17,8 @@ from torch import nn
 import mmrobust as mr
 from conftest import make_toy_bundle
 from mmrobust import certify as C
-from mmrobust.defenses.crmt import (
-    CRMT,
-    certify_crmt,
-    crmt_scales,
-    direction_lipschitz,
-    margin_loss,
-    signed_radius,
-)
+from mmrobust.certify.crmt import certify_crmt, crmt_scales, direction_lipschitz, signed_radius
+from mmrobust.defenses.crmt import CRMT, margin_loss
 from mmrobust.errors import InputError, UnsupportedError
 from mmrobust.models.fusion.crmt import CRMTFusion
 from mmrobust.spec import DatasetSpec, ModalitySpec

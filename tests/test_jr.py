@@ -12,10 +12,10 @@ import mmrobust as mr
 from conftest import ctx
 from mmrobust.attacks import Transfer
 from mmrobust.defenses.jr import JR, build_jr_model, set_gamma
-from mmrobust.defenses.sylvester import jr_weights
 from mmrobust.errors import InputError, UnsupportedError
 from mmrobust.models.fusion import FUSIONS
 from mmrobust.models.fusion.jr import JRFusion, bind_input_jacobians, jr_mode
+from mmrobust.models.fusion.sylvester import jr_weights
 
 D = torch.float64
 MODES = ["logits", "features", "input"]

@@ -33,12 +33,12 @@ from mmrobust.metrics import (
     BaselineCurve,
     EffectiveRobustness,
     MinimalEps,
-    MinimalEpsSearch,
     ModalityPerturbationMatrix,
     RobustAccuracy,
     RobustnessSummary,
     WorstCaseAccuracy,
 )
+from mmrobust.analysis import MinimalEpsSearch, minimal_eps
 from mmrobust.metrics import functional as F
 from mmrobust.metrics import results as R
 from mmrobust.spec import DatasetSpec, ModalitySpec
@@ -229,7 +229,7 @@ def test_minimal_eps_factory_dataset_and_determinism(toy_data, toy_late):
     r2 = MinimalEpsSearch("fgsm", modalities="image", eps_max=0.5, iterations=5).search(model, x, y)
     assert torch.equal(r1.upper, r2.upper) and torch.equal(r1.lower, r2.lower)
     # functional twin and metric
-    r3 = F.minimal_eps(model, x, y, "fgsm", modalities="image", eps_max=0.5, iterations=5)
+    r3 = minimal_eps(model, x, y, "fgsm", modalities="image", eps_max=0.5, iterations=5)
     assert torch.equal(r3.upper, r2.upper)
     m = MinimalEps()
     m.update(r2)

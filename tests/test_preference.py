@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import mmrobust as mr
-from mmrobust.metrics import modality_preference
+from mmrobust.analysis import modality_preference
 
 
 @pytest.fixture(scope="module")

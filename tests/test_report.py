@@ -11,7 +11,8 @@ import subprocess
 import pytest
 
 from mmrobust.bench.config import validate_config
-from mmrobust.bench.report import eps_curves, modality_matrix, radius_of, read_rows
+from mmrobust.bench.report import eps_curves, modality_matrix, radius_of
+from mmrobust.bench.results import read_rows
 from mmrobust.bench.runner import run
 from mmrobust.cli import main
 

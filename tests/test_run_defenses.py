@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from mmrobust.bench.config import load_config, validate_config
-from mmrobust.bench.report import _key, certified_curves, defense_rows, read_rows
-from mmrobust.bench.runner import _check_defenses, run
+from mmrobust.bench.grid import check_defenses
+from mmrobust.bench.report import _key, certified_curves, defense_rows
+from mmrobust.bench.results import read_rows
+from mmrobust.bench.runner import run
 from mmrobust.errors import ConfigError
 
 EPS = [{"image": 0.05, "audio": 0.02, "text": 0.25}, {"image": 0.1, "audio": 0.05, "text": 0.5}]
@@ -145,5 +147,5 @@ def test_default_run_has_every_defence():
 def test_bad_defence_entries_name_the_problem(defenses, message, toy_data):
     with pytest.raises(ConfigError) as e:
         cfg = validate_config({"models": [{"name": "late"}, {"name": "concat"}], "defenses": defenses})
-        _check_defenses(cfg, toy_data.spec)
+        check_defenses(cfg, toy_data.spec)
     assert message in str(e.value)

@@ -5,8 +5,9 @@ import pytest
 import scipy.linalg as sl
 import torch
 
-import mmrobust.defenses.sylvester as sylvester
-from mmrobust.defenses.sylvester import (
+import mmrobust.models.fusion.sylvester as sylvester
+from mmrobust.errors import InputError
+from mmrobust.models.fusion.sylvester import (
     check_gamma,
     jr_apply,
     jr_weights,
@@ -18,7 +19,6 @@ from mmrobust.defenses.sylvester import (
     solve_sylvester,
     weight_deviation_bound,
 )
-from mmrobust.errors import InputError
 
 D = torch.float64
 

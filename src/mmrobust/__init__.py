@@ -14,9 +14,7 @@ Example:
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from mmrobust import attacks, certify, datasets, defenses, metrics, models, reliability
+from mmrobust import analysis, attacks, certify, datasets, defenses, metrics, models, reliability
 from mmrobust.errors import (
     CacheError,
     ConfigError,
@@ -28,6 +26,7 @@ from mmrobust.errors import (
 from mmrobust.evaluate import EvaluationResult, evaluate
 from mmrobust.spec import DatasetSpec, ModalitySpec
 from mmrobust.train import TrainConfig, TrainResult, train
+from mmrobust.version import __version__
 
 __all__ = [
     "CacheError",
@@ -42,6 +41,7 @@ __all__ = [
     "UnknownNameError",
     "UnsupportedError",
     "__version__",
+    "analysis",
     "attacks",
     "certify",
     "datasets",

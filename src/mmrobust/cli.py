@@ -160,7 +160,7 @@ def _evaluate_extras(
     extras: dict[str, Any] = {}
     files: dict[str, str] = {}
     if args.preference is not None:
-        from mmrobust.metrics.preference import modality_preference, preference_rows
+        from mmrobust.analysis import modality_preference, preference_rows
 
         eps = parse_value(args.preference)
         if not isinstance(eps, (int, float, dict)) or isinstance(eps, bool):
@@ -224,35 +224,20 @@ def _run(args: argparse.Namespace) -> int:
         cfg = cfg.model_copy(update={"seed": args.seed})
         if args.name is None:
             args.name = f"{cfg.name}-seed{args.seed}"
-    group = _init_distributed()
+    from mmrobust.utils import dist
+
+    group = dist.init_from_env()
     try:
         run(cfg, runs_dir=args.runs_dir, name=args.name, quiet=args.quiet)
     finally:
         if group:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+            dist.shutdown()
     return 0
 
 
-def _init_distributed() -> bool:
-    """Join the process group when launched by ``torchrun`` (gloo on CPU, NCCL on GPU); False otherwise."""
-    import os
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return False
-    import torch
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        return False
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return True
-
-
 def _report(args: argparse.Namespace) -> int:
-    from mmrobust.bench.report import read_rows, write_report
-    from mmrobust.bench.runner import pivot_table
+    from mmrobust.bench.report import write_report
+    from mmrobust.bench.results import pivot_table, read_rows
 
     folder = Path(args.run_dir)
     rows = read_rows(folder)

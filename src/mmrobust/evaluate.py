@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from mmrobust.attacks.base import Condition, EvalContext
 from mmrobust.attacks.gradient import GradientAttack
@@ -25,12 +26,8 @@ from mmrobust.datasets.dataset import MultimodalDataset
 from mmrobust.errors import InputError
 from mmrobust.models.base import MultimodalModel
 from mmrobust.reliability import Flag, ReliabilityChecks
+from mmrobust.utils import dist
 from mmrobust.utils.io import atomic_write
-
-SUMMARY_COLUMNS = (
-    "condition", "label", "family", "modalities", "params", "n", "accuracy", "clean_accuracy",
-    "attack_success_rate", "flags",
-)
 
 
 @dataclass
@@ -170,25 +167,6 @@ def rows_to_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = 
     return buf.getvalue()
 
 
-def _world() -> tuple[int, int]:
-    """(world size, rank) of the default ``torch.distributed`` group, or (1, 0) outside one."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
-
-
-def _gather(records: list[dict[str, Any]], flags: list[Flag]) -> tuple[list[dict[str, Any]], list[Flag]]:
-    """All ranks' batch records and first-batch flags, on every rank (``all_gather_object``)."""
-    import torch.distributed as dist
-
-    world = dist.get_world_size()
-    parts: list[Any] = [None] * world
-    dist.all_gather_object(parts, (records, flags))
-    return [r for recs, _ in parts for r in recs], [f for _, fl in parts for f in fl]
-
-
 def evaluate(
     model: MultimodalModel,
     dataset: MultimodalDataset,
@@ -239,10 +217,9 @@ def evaluate(
             raise InputError(f"conditions must be mmrobust conditions, got {type(c).__name__}")
         c.check(model)
     data = dataset.select(model.modalities)
-    world, rank = _world()
+    world, rank = dist.world_size(), dist.rank()
     was_training = model.training
     model.eval()
-    from tqdm.auto import tqdm
 
     for c in conditions:
         c.prepare(model, data, EvalContext(stats=data.stats, generator=torch.Generator().manual_seed(seed), seed=seed))
@@ -291,7 +268,9 @@ def evaluate(
     bar.close()
     model.train(was_training)
     if world > 1:  # every rank gets every batch's outcomes, in batch order, and computes the same flags
-        records, first_flags = _gather(records, first_flags)
+        parts = dist.gather_objects((records, first_flags))
+        records = [r for recs, _ in parts for r in recs]
+        first_flags = [f for _, fl in parts for f in fl]
     records.sort(key=lambda r: r["b"])
     cat = lambda a: np.concatenate(a) if a else np.zeros(0, np.int64)  # noqa: E731
     samples = {"index": cat([r["index"] for r in records]), "label": cat([r["label"] for r in records])}

@@ -1,15 +1,32 @@
-"""A tiny name -> factory registry, the one mechanism behind every ``create(name, ...)``."""
+"""A tiny name -> factory registry, the one mechanism behind every ``create(name, ...)``.
+
+One registration style across the package: a decorator at the definition,
+
+    @ATTACKS.register()            # a class: registered under its ``name`` attribute
+    class PGD(GradientAttack):
+        name = "pgd"
+
+    @DATASETS.register("mosi", name="mosi")    # a function, with bound keyword arguments
+    def load_affect(path, name, ...): ...
+
+Each package keeps its registry in a small module of its own (``mmrobust.attacks.registry`` ...),
+which component modules import; the package ``__init__`` imports the components, so importing the
+package registers them. Heavy optional parts stay lazy inside the registered function. Tests walk
+every registry (``tests/test_registries.py``), so a new component is tested when it registers.
+"""
 
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from mmrobust.errors import InputError, UnknownNameError
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class Registry(Generic[T]):
@@ -17,19 +34,33 @@ class Registry(Generic[T]):
 
     Args:
         kind: What the registry holds, used in error messages ("model", "fusion", "attack").
+        check: Called with every factory at registration (e.g. to enforce class attributes); raises
+            to refuse it.
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, check: Callable[[Callable[..., T]], None] | None = None) -> None:
         self.kind = kind
+        self._check = check
         self._items: dict[str, Callable[..., T]] = {}
 
-    def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
-        """Decorator registering ``factory`` under ``name``."""
+    def register(self, name: str | None = None, /, **bound: Any) -> Callable[[F], F]:
+        """Decorator registering a factory under ``name`` (default: its ``name`` attribute).
 
-        def deco(factory: Callable[..., T]) -> Callable[..., T]:
-            if name in self._items:
-                raise ValueError(f"{self.kind} {name!r} is already registered")
-            self._items[name] = factory
+        Args:
+            name: Registry name; ``None`` takes the decorated class's ``name`` attribute.
+            **bound: Keyword arguments fixed for this entry (one function registered under several
+                names, e.g. ``mosi`` and ``mosei``).
+        """
+
+        def deco(factory: F) -> F:
+            key = name if name is not None else getattr(factory, "name", None)
+            if not isinstance(key, str) or not key:
+                raise ValueError(f"{self.kind} {factory!r}: give a registry name or a 'name' attribute")
+            if key in self._items:
+                raise ValueError(f"{self.kind} {key!r} is already registered")
+            if self._check is not None:
+                self._check(factory)
+            self._items[key] = functools.partial(factory, **bound) if bound else factory
             return factory
 
         return deco
@@ -67,6 +98,10 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         """Sorted list of registered names."""
         return sorted(self._items)
+
+    def ordered(self) -> list[str]:
+        """Registered names in registration order (e.g. documentation order)."""
+        return list(self._items)
 
     def __contains__(self, name: object) -> bool:
         return name in self._items

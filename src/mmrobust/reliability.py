@@ -35,6 +35,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mmrobust.attacks.base import EvalContext
+from mmrobust.attacks.gradient import Objective, attack_mode, ce_loss, cw_loss
+from mmrobust.attacks.pgd import PGD
+
 FLAG_DOCS: dict[str, str] = {
     "randomised_model": "the model's outputs change between identical forward passes; gradients and "
     "accuracies are then random variables (dropout or noise active at inference?)",
@@ -155,8 +159,6 @@ class ReliabilityChecks:
         saturates (unlike cross-entropy on very confident samples), so an exactly-zero gradient
         means the modality's path is not differentiable.
         """
-        from mmrobust.attacks.gradient import Objective, attack_mode, cw_loss
-
         flags = []
         for threat in _threats(model, condition):
             with attack_mode(model):
@@ -201,8 +203,6 @@ class ReliabilityChecks:
         For ``modalities="each"`` a sample counts as fooled when a random point of any one modality's
         ball fools it. Universal perturbations (one δ for all samples) are not compared.
         """
-        from mmrobust.attacks.gradient import Objective, attack_mode, ce_loss
-
         if not getattr(condition, "per_sample_threat", False):
             return None
         out = torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
@@ -275,9 +275,6 @@ class ReliabilityChecks:
         unlike cross-entropy it keeps its gradient when the softmax saturates (margin-trained models
         such as CRMT's), so a failure here points at the model's gradients, not at the loss.
         """
-        from mmrobust.attacks.base import EvalContext
-        from mmrobust.attacks.pgd import PGD
-
         eps: dict[str, float] = {}
         for m in model.modalities:
             spec = model.spec[m]

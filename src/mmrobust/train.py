@@ -21,11 +21,13 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
+from tqdm.auto import tqdm
 
 from mmrobust.attacks.missing import zero_fill
 from mmrobust.datasets.dataset import DatasetBundle, MultimodalDataset
 from mmrobust.errors import ConfigError, InputError
 from mmrobust.models.base import MultimodalModel
+from mmrobust.models.checkpoint import save_checkpoint
 from mmrobust.utils.seed import seed_everything
 
 
@@ -219,7 +221,6 @@ def train(
     t0 = time.perf_counter()
     steps_per_epoch = (len(train_set) + cfg.batch_size - 1) // cfg.batch_size
 
-    from tqdm.auto import tqdm
 
     bar = tqdm(total=cfg.epochs * steps_per_epoch, disable=cfg.quiet, desc="train", leave=False)
     for epoch in range(1, cfg.epochs + 1):
@@ -267,8 +268,6 @@ def train(
         config=cfg.model_dump(),
     )
     if checkpoint is not None:
-        from mmrobust.models.checkpoint import save_checkpoint
-
         save_checkpoint(
             model, Path(checkpoint), {"train": result.to_dict(), "dataset": data.meta}
         )

@@ -24,23 +24,10 @@ from mmrobust.attacks.fgsm import FGSM
 from mmrobust.attacks.gradient import LOSSES, AttackOutput, GradientAttack
 from mmrobust.attacks.missing import FILLS, Missing
 from mmrobust.attacks.pgd import PGD
+from mmrobust.attacks.registry import ATTACKS
 from mmrobust.attacks.threat import ResolvedThreat, ThreatModel
 from mmrobust.attacks.transfer import Transfer
 from mmrobust.attacks.universal import Universal
-from mmrobust.registry import Registry
-
-ATTACKS: Registry[Condition] = Registry("attack")
-ATTACKS.register("missing")(Missing)
-ATTACKS.register("corruption")(Corruption)
-ATTACKS.register("fgsm")(FGSM)
-ATTACKS.register("pgd")(PGD)
-ATTACKS.register("decoupling")(Decoupling)
-ATTACKS.register("apgd")(APGD)
-ATTACKS.register("universal")(Universal)
-ATTACKS.register("transfer")(Transfer)
-ATTACKS.register("evade")(Evade)
-ATTACKS.register("worst_case")(WorstCase)
-ATTACKS.register("bpda")(Bpda)
 
 
 def create(name: str, **hparams: Any) -> Condition:

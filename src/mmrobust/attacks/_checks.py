@@ -1,16 +1,12 @@
-"""Hyper-parameter and batch checks shared by the attacks and the metrics built on them.
+"""Checks that only attacks need: restarts, step sizes, and the clean batch an attack starts from.
 
-Every check raises :class:`~mmrobust.errors.InputError` with one message shape,
-``"<who>: <what> must be ..., got <value>"``, where ``who`` names the attack or metric (``"pgd"``,
-``"minimal_eps"`` ...), and returns the value converted to a plain Python number. The step-size
-helpers serve the attacks whose ``alpha`` is a float, a ``{modality: step}`` dict or ``None``
-(a default derived from ε).
+Number validators live in :mod:`mmrobust.utils.checks` (one message shape for the whole package).
+The step-size helpers serve the attacks whose ``alpha`` is a float, a ``{modality: step}`` dict or
+``None`` (a default derived from ε).
 """
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,30 +14,10 @@ import torch
 from torch import Tensor
 
 from mmrobust.errors import InputError
+from mmrobust.utils.checks import check_positive
 
 
-# ------------------------------------------------------------------------------------------ numbers
-def check_int(v: object, who: str, what: str, *, minimum: int = 1, note: str = "") -> int:
-    """An integer >= ``minimum`` (``bool`` refused); ``note`` is appended to the requirement."""
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < minimum:
-        raise InputError(f"{who}: {what} must be an integer >= {minimum}{note}, got {v!r}")
-    return int(v)
-
-
-def check_positive(v: object, who: str, what: str, *, above: float = 0.0, note: str = "") -> float:
-    """A finite real number > ``above`` (``bool`` refused); ``note`` is appended to the requirement."""
-    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(float(v)) or float(v) <= above:
-        raise InputError(f"{who}: {what} must be a finite number > {above:g}{note}, got {v!r}")
-    return float(v)
-
-
-def check_flag(v: object, who: str, what: str) -> bool:
-    """``True`` or ``False`` exactly."""
-    if not isinstance(v, bool):
-        raise InputError(f"{who}: {what} must be True or False, got {v!r}")
-    return v
-
-
+# ------------------------------------------------------------------------------------------ runs
 def check_restarts(restarts: int, random_start: bool, who: str) -> None:
     """More than one run only makes sense from random starts (the runs would be identical otherwise)."""
     if restarts > 1 and not random_start:

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from mmrobust.attacks.base import Condition, ConditionOutput, EvalContext
+from mmrobust.attacks.registry import ATTACKS
 from mmrobust.errors import InputError, UnsupportedError
 from mmrobust.models.base import MultimodalModel
 
@@ -30,6 +31,7 @@ def margin(logits: Tensor, y: Tensor) -> Tensor:
     return true - other
 
 
+@ATTACKS.register()
 class WorstCase(Condition):
     """Per-sample worst case over attack variants (an adaptive evaluation in one condition).
 
@@ -164,6 +166,7 @@ def _pick(candidates: list[Tensor], chosen: Tensor) -> Tensor:
     return stacked.gather(0, idx).squeeze(0)
 
 
+@ATTACKS.register()
 class Bpda(Condition):
     """Run an attack with the model's fusion in its BPDA mode (forward unchanged, a non-robust backward).
 

@@ -18,11 +18,13 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from mmrobust.attacks._checks import check_flag, check_int, check_restarts
+from mmrobust.attacks._checks import check_restarts
 from mmrobust.attacks.base import EvalContext
 from mmrobust.attacks.gradient import GradientAttack, Objective, _pick, best_of_runs
+from mmrobust.attacks.registry import ATTACKS
 from mmrobust.attacks.threat import _per_sample
 from mmrobust.errors import InputError
+from mmrobust.utils.checks import check_flag, check_int
 
 MOMENTUM = 0.75  # α of the paper (weight of the new step; 1 − α goes to the previous move)
 
@@ -82,6 +84,7 @@ class APGDRun:
     step_scale: Tensor
 
 
+@ATTACKS.register()
 class APGD(GradientAttack):
     """Auto-PGD (APGD; Croce & Hein, ICML 2020, arXiv 2003.01690) on a dict of modalities.
 

@@ -8,6 +8,7 @@ hyper-parameters only and validate them; :meth:`Condition.check` validates again
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -86,8 +87,6 @@ class Condition(ABC):
             >>> pgd.replace(loss="cw").params()["loss"]
             'cw'
         """
-        import inspect
-
         cls = into or type(self)
         accepted = inspect.signature(cls.__init__).parameters
         bad = [k for k in changes if k not in accepted or k == "self"]
@@ -98,8 +97,6 @@ class Condition(ABC):
 
     def hyperparameters(self) -> dict[str, Any]:
         """The constructor arguments this condition was built with, by name (what :meth:`replace` rebuilds from)."""
-        import inspect
-
         args, kwargs = getattr(self, "_init_args", ((), {}))
         sig = inspect.signature(type(self).__init__)
         bound = sig.bind(self, *args, **kwargs).arguments
@@ -135,8 +132,6 @@ class Condition(ABC):
 
         E.g. ``pgd[audio|eps=0.03,steps=20]``; the full :attr:`id` stays the key of every result.
         """
-        import inspect
-
         try:
             defaults = {
                 k: p.default

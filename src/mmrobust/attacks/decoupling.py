@@ -38,11 +38,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mmrobust.attacks._checks import check_batch, check_int, check_positive
+from mmrobust.attacks._checks import check_batch
 from mmrobust.attacks.base import Condition, ConditionOutput, EvalContext
 from mmrobust.attacks.gradient import attack_mode
 from mmrobust.attacks.missing import fill_modality
+from mmrobust.attacks.registry import ATTACKS
 from mmrobust.errors import InputError, UnsupportedError
+from mmrobust.utils.checks import check_int, check_positive
 
 OBJECTIVES: tuple[str, ...] = ("ce", "embedding", "cross_modal")
 SEARCHES: tuple[str, ...] = ("saliency", "random")
@@ -150,6 +152,7 @@ def _as_numpy(v: Any, what: str) -> np.ndarray:
         raise InputError(f"asr_curve: {what} must be array-like, got {type(v).__name__}") from e
 
 
+@ATTACKS.register()
 class Decoupling(Condition):
     """MUROAN's sparse decoupling attack (Vishwamitra et al., arXiv 2112.12792), our operationalisation.
 

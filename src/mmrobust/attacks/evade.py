@@ -39,6 +39,7 @@ from torch import Tensor
 from mmrobust.attacks.base import EvalContext
 from mmrobust.attacks.gradient import _ALL, AttackOutput, Objective, attack_mode
 from mmrobust.attacks.pgd import PGD
+from mmrobust.attacks.registry import ATTACKS
 from mmrobust.errors import InputError
 from mmrobust.models.fusion.ooo import has_odd_one_out
 
@@ -78,6 +79,7 @@ class EvasionObjective(Objective):
         return self.loss_fn(logits, self.y[rows]) + self.kappa * term, logits
 
 
+@ATTACKS.register()
 class Evade(PGD):
     """PGD that also pushes the odd-one-out detector away from the attacked modalities (adaptive attack).
 

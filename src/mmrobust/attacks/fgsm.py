@@ -13,8 +13,10 @@ from torch import Tensor
 
 from mmrobust.attacks.base import EvalContext
 from mmrobust.attacks.gradient import GradientAttack, Objective
+from mmrobust.attacks.registry import ATTACKS
 
 
+@ATTACKS.register()
 class FGSM(GradientAttack):
     """Fast gradient sign method (ℓ∞) / fast gradient method (ℓ2) on a dict of modalities.
 

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from mmrobust.attacks.base import Condition, ConditionOutput, EvalContext
+from mmrobust.attacks.registry import ATTACKS
 from mmrobust.errors import InputError, UnsupportedError
 from mmrobust.models.base import MultimodalModel
 from mmrobust.spec import ModalitySpec
@@ -65,6 +66,7 @@ def fill_modality(
     return out
 
 
+@ATTACKS.register()
 class Missing(Condition):
     """Evaluate with one or more modalities missing.
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from mmrobust.attacks.registry import ATTACKS
 from mmrobust.errors import InputError
 
 _NUMBER = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?")
@@ -66,7 +67,5 @@ def parse_spec(text: str) -> tuple[str, dict[str, Any]]:
 
 def parse_condition(text: str, **defaults: Any) -> Any:
     """Build the registered condition a spec string describes (``defaults`` fill absent keys)."""
-    from mmrobust.attacks import create
-
     name, params = parse_spec(text)
-    return create(name, **{**defaults, **params})
+    return ATTACKS.create(name, **{**defaults, **params})

@@ -14,13 +14,16 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from mmrobust.attacks._checks import alpha_param, check_alpha, check_int, check_restarts, given_step_sizes
+from mmrobust.attacks._checks import alpha_param, check_alpha, check_restarts, given_step_sizes
 from mmrobust.attacks.base import EvalContext
 from mmrobust.attacks.gradient import GradientAttack, Objective, _pick, best_of_runs
+from mmrobust.attacks.registry import ATTACKS
 from mmrobust.attacks.threat import ResolvedThreat
 from mmrobust.errors import InputError
+from mmrobust.utils.checks import check_int
 
 
+@ATTACKS.register()
 class PGD(GradientAttack):
     """Projected gradient descent (ascent on the loss) on a dict of modalities.
 

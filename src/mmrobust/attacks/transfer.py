@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from mmrobust.attacks.base import Condition, ConditionOutput, EvalContext
+from mmrobust.attacks.registry import ATTACKS
 from mmrobust.errors import InputError, UnsupportedError
 from mmrobust.models.base import MultimodalModel
 
@@ -30,6 +31,7 @@ def model_fingerprint(model: MultimodalModel) -> str:
     return f"{model.config.get('name', model.fusion_name)}#{h.hexdigest()[:8]}"
 
 
+@ATTACKS.register()
 class Transfer(Condition):
     """Run ``attack`` against ``source`` and evaluate the evaluated model on the result.
 

@@ -18,14 +18,17 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from mmrobust.attacks._checks import alpha_param, check_alpha, check_flag, check_int, given_step_sizes
+from mmrobust.attacks._checks import alpha_param, check_alpha, given_step_sizes
 from mmrobust.attacks.base import EvalContext
 from mmrobust.attacks.gradient import LOSSES, GradientAttack, Objective, _validate, attack_mode
+from mmrobust.attacks.registry import ATTACKS
 from mmrobust.attacks.threat import ResolvedThreat, clip_to_range, project_ball
 from mmrobust.datasets.dataset import MultimodalDataset
 from mmrobust.errors import InputError
+from mmrobust.utils.checks import check_flag, check_int
 
 
+@ATTACKS.register()
 class Universal(GradientAttack):
     """Universal (input-agnostic) perturbation per modality, fitted by mini-batch PGD (GEOM).
 

@@ -9,7 +9,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mmrobust.attacks import ATTACKS
 from mmrobust.attacks.missing import FILLS
+from mmrobust.datasets import DATASETS, dataset_options
+from mmrobust.defenses import DEFENSES
 from mmrobust.errors import ConfigError
 from mmrobust.train import TrainConfig
 
@@ -21,17 +24,22 @@ class _Strict(BaseModel):
 class DatasetConfig(_Strict):
     """Which dataset to load: the built-in MM-Digits, or your files through a loader (docs/datasets.md)."""
 
-    name: Literal["mmdigits", "avmnist", "mosi", "mosei", "npz", "hdf5"] = "mmdigits"
+    name: str = Field("mmdigits", description="Dataset registry name (mr.datasets.names()).")
     seed: int = Field(0, ge=0, description="MM-Digits build seed; the validation-split seed of loaders that take one.")
     size: Literal["full", "tiny"] | None = Field(None, description="mmdigits only (default full).")
     audio: Literal["logmel", "waveform"] | None = Field(None, description="mmdigits only (default logmel).")
     path: str | None = Field(None, description="Your data: the avmnist folder, or the mosi/mosei/npz/hdf5 file.")
     options: dict[str, Any] = Field(default_factory=dict, description="Other loader options (docs/datasets.md).")
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if v not in DATASETS.names():
+            raise ValueError(f"unknown dataset {v!r}; allowed: {DATASETS.names()}")
+        return v
+
     def loader_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``mr.datasets.load(name, ...)`` (raises InputError on a bad combination)."""
-        from mmrobust.datasets import dataset_options
-
         return dataset_options(self.name, path=self.path, seed=self.seed, size=self.size, audio=self.audio,
                                options=self.options)
 
@@ -114,8 +122,6 @@ class AttackConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        from mmrobust.attacks import ATTACKS
-
         allowed = [n for n in ATTACKS.names() if n not in ("missing", "corruption", *WRAPPERS)]
         if v not in allowed:
             raise ValueError(f"unknown attack {v!r}; allowed: {allowed} (missing modalities and corruptions "
@@ -210,8 +216,6 @@ class DefenseConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        from mmrobust.defenses import DEFENSES
-
         if v not in DEFENSES.names():
             raise ValueError(f"unknown defence {v!r}; allowed: {DEFENSES.names()}")
         return v

@@ -23,7 +23,6 @@ a PNG beside it:
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import io
 import json
@@ -35,23 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from mmrobust.errors import InputError
+from mmrobust.bench.results import headline_rows, read_rows
+from mmrobust.reliability import FLAG_DOCS
 from mmrobust.utils.io import atomic_write, write_text
 
 MODALITY_ORDER = ("image", "audio", "text")
-
-
-def read_rows(folder: Path) -> list[dict[str, Any]]:
-    """``results.csv`` with numeric columns parsed."""
-    path = folder / "results.csv"
-    if not path.is_file():
-        raise InputError(f"{folder} is not a run folder (no results.csv)")
-    with path.open() as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:
-        for key in ("accuracy", "clean_accuracy", "attack_success_rate"):
-            r[key] = float(r[key]) if r.get(key) not in (None, "") else math.nan
-    return rows
 
 
 def radius_of(eps: str, modality: str) -> float | None:
@@ -300,29 +287,6 @@ def _table(rows: list[dict[str, Any]], columns: list[str], pct: set[str] = froze
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _headline_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
-    from mmrobust.bench.runner import headline
-
-    head = headline(rows)
-    cols = ["model", "clean", "worst missing"]
-    out = []
-    for model, d in head.items():
-        line: dict[str, Any] = {"model": model, "clean": d.get("clean", math.nan),
-                                "worst missing": d.get("worst_missing", math.nan)}
-        for threat, accs in d.get("attacks", {}).items():
-            for j, a in enumerate(accs, 1):
-                key = f"{threat} ε{j}"
-                line[key] = a
-                cols.append(key) if key not in cols else None
-        for key in ("mean_corruption", "worst_corruption"):
-            if key in d:
-                name = key.replace("_", " ")
-                line[name] = d[key]
-                cols.append(name) if name not in cols else None
-        out.append(line)
-    return out, cols
-
-
 def defense_rows(rows: list[dict[str, Any]], summary: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
     """The defence comparison: per defended base model, its undefended line then one line per defence.
 
@@ -330,7 +294,7 @@ def defense_rows(rows: list[dict[str, Any]], summary: dict[str, Any]) -> tuple[l
     adaptive attack variants its attack rows took the per-sample worst case over, its cost in
     seconds and its reliability flags.
     """
-    head_rows, cols = _headline_rows(rows)
+    head_rows, cols = headline_rows(rows)
     by_model = {r["model"]: r for r in head_rows}
     models = summary.get("models", {})
     defended = [(k, m) for k, m in models.items() if m.get("defense", "none") != "none" and k in by_model]
@@ -369,8 +333,6 @@ details{margin:.6em 0}
 
 def build_html(folder: Path, rows: list[dict[str, Any]], summary: dict[str, Any], plots: dict[str, bytes]) -> str:
     """The report page (a string)."""
-    from mmrobust.reliability import FLAG_DOCS
-
     name = summary.get("name", folder.name)
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>mmrobust report: "
              f"{html.escape(str(name))}</title><style>{CSS}</style></head><body>",
@@ -383,7 +345,7 @@ def build_html(folder: Path, rows: list[dict[str, Any]], summary: dict[str, Any]
         f"<p class='muted'>seed {summary.get('seed')} · dataset checksum {checksum} · git {git}"
         f" · wall time {summary.get('wall_seconds', '?')} s"
         f" · {len({r['model'] for r in rows})} models · {len(rows)} result rows</p>")
-    head_rows, cols = _headline_rows(rows)
+    head_rows, cols = headline_rows(rows)
     parts.append("<h2>Headline</h2><p>Accuracy (%) on the test split: clean, with the worst missing modality, "
                  "under each attack threat at each ε of its grid (εj = j-th radius; see the full table for values; "
                  "<code>each</code> attacks count a sample as broken when any single-modality attack breaks it), "

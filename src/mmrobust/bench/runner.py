@@ -12,144 +12,29 @@ seed, so the results do not depend on where it stopped.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from pathlib import Path
 from typing import Any
 
 from mmrobust.bench.config import RunConfig, dump_config
-from mmrobust.bench.threats import check_threats, threat_groups
+from mmrobust.bench.grid import adaptive_labels, certifiable, check_config, defenses_of, fresh_model
+from mmrobust.bench.report import write_report
+from mmrobust.bench.results import headline, pivot_table, write_results
+from mmrobust.bench.threats import threat_groups
+from mmrobust.bench.user_model import user_model
+from mmrobust.certify.curves import certified_rows
 from mmrobust.datasets import load as load_dataset
-from mmrobust.errors import ConfigError
-from mmrobust.evaluate import evaluate, format_table, rows_to_csv
-from mmrobust.models import create as create_model
-from mmrobust.models.checkpoint import load_checkpoint
+from mmrobust.defenses import create as create_defense
+from mmrobust.errors import ConfigError, MMRobustError
+from mmrobust.evaluate import evaluate
+from mmrobust.models.checkpoint import load_checkpoint, save_checkpoint
 from mmrobust.train import train
+from mmrobust.utils import dist
 from mmrobust.utils.io import write_json, write_text
 from mmrobust.utils.provenance import provenance
 
 DATASET_META_KEYS = ("checksum", "seed", "size", "audio", "builder_version", "espeak_ng_version")
-RESULT_COLUMNS = [
-    "model", "defense", "threat", "condition", "label", "family", "modalities", "fill", "kind", "eps", "severity",
-    "lipschitz", "variants", "seed", "n", "accuracy", "clean_accuracy", "attack_success_rate", "flags",
-]
-
-
-def _check_config(cfg: RunConfig, spec: Any) -> None:
-    names = list(spec.names)
-    labels = [m.label for m in cfg.models]
-    if len(set(labels)) != len(labels):
-        raise ConfigError(f"models: duplicate model ids {labels}; give each an id")
-    for i, m in enumerate(cfg.models):
-        if m.modality is not None and m.modality not in names:
-            raise ConfigError(f"models.{i}.modality: {m.modality!r} is not a modality of the dataset {names}")
-        if m.name == "adapter":
-            user_model(m, spec)  # import, build and wrap now: a bad entry fails before anything trains
-    check_threats(cfg, spec)
-    _check_defenses(cfg, spec)
-
-
-def _check_defenses(cfg: RunConfig, spec: Any) -> None:
-    """Validate the ``defenses`` entries against the grid before anything trains (one clear line each)."""
-    from mmrobust.defenses import create as create_defense
-    from mmrobust.errors import MMRobustError
-
-    labels = {m.label: m for m in cfg.models}
-    seen: set[str] = set()
-    for i, d in enumerate(cfg.defenses):
-        where = f"defenses.{i} ({d.name})"
-        try:
-            defense = create_defense(d.name, **d.params)
-        except MMRobustError as e:
-            raise ConfigError(f"{where}: {e}") from None
-        if d.start == "fresh" and (defense.kind == "training-free" or d.name == "ooo"):
-            raise ConfigError(f"{where}: start: fresh is for training defences; {d.name} is built from the "
-                              "trained model")
-        for m in d.models or []:
-            if m not in labels:
-                raise ConfigError(f"{where}.models: {m!r} is not a model of the grid {list(labels)}")
-            why = _defense_error(d, labels[m], spec)
-            if why is not None:
-                raise ConfigError(f"{where}: cannot defend model {m!r}: {why}")
-        for m in d.models if d.models is not None else [m.label for m in cfg.models]:
-            label = f"{m}+{d.label}"
-            if label in seen or label in labels:
-                raise ConfigError(f"{where}: defended model id {label!r} is used twice; give the defence an id")
-            seen.add(label)
-
-
-def dist_world() -> int:
-    """World size of the ``torch.distributed`` group (1 outside one)."""
-    import torch.distributed as dist
-
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def _rank() -> int:
-    import torch.distributed as dist
-
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def _barrier() -> None:
-    if dist_world() > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
-def _from_main(value: Any) -> Any:
-    """Rank 0's ``value`` on every rank (so all ranks take the same branch); ``value`` itself outside a group."""
-    if dist_world() == 1:
-        return value
-    import torch.distributed as dist
-
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def user_model(mcfg: Any, spec: Any) -> Any:
-    """Import, build, load and wrap the user's ``nn.Module`` of an ``adapter`` model entry.
-
-    Raises:
-        ConfigError: the import path, factory, weights file or modality order is wrong (one clear line).
-    """
-    import importlib
-
-    import torch
-
-    from mmrobust.errors import MMRobustError
-    from mmrobust.models.adapter import adapt
-
-    mod_name, _, attr = mcfg.module.partition(":")
-    try:
-        factory = getattr(importlib.import_module(mod_name), attr)
-    except ImportError as e:
-        raise ConfigError(f"models ({mcfg.label}): cannot import {mod_name!r}: {e}") from None
-    except AttributeError:
-        raise ConfigError(f"models ({mcfg.label}): module {mod_name!r} has no {attr!r}") from None
-    try:
-        module = factory(**mcfg.kwargs)
-    except TypeError as e:
-        raise ConfigError(f"models ({mcfg.label}): {mcfg.module}(**kwargs) failed: {e}") from None
-    if not isinstance(module, torch.nn.Module):
-        raise ConfigError(f"models ({mcfg.label}): {mcfg.module} returned {type(module).__name__}, not an nn.Module")
-    if mcfg.weights:
-        path = Path(mcfg.weights)
-        if not path.is_file():
-            raise ConfigError(f"models ({mcfg.label}): weights file {path} does not exist")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            module.load_state_dict(state)
-        except Exception as e:  # torch raises many types for damaged or mismatched files
-            first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
-            raise ConfigError(f"models ({mcfg.label}): cannot load weights {path}: {first}") from None
-    try:
-        return adapt(module.eval(), spec, mcfg.order, call=mcfg.call, name=mcfg.label)
-    except MMRobustError as e:
-        raise ConfigError(f"models ({mcfg.label}): {e}") from None
 
 
 class _Run:
@@ -157,7 +42,7 @@ class _Run:
 
     def __init__(self, cfg: RunConfig, folder: Path, data: Any, quiet: bool) -> None:
         self.cfg, self.folder, self.data, self.quiet = cfg, folder, data, quiet
-        self.main = _rank() == 0
+        self.main = dist.is_main()
         self.say = (lambda *_a, **_k: None) if quiet or not self.main else print
         self.flags: list[dict[str, Any]] = []
 
@@ -170,7 +55,7 @@ class _Run:
             model = user_model(mcfg, data.spec)
             self.say(f"[mmrobust] {label}: your module {mcfg.module} ({model.modalities}), evaluated as given")
             return model, {"module": mcfg.module, "weights": mcfg.weights}
-        if _from_main(ckpt.exists()):
+        if dist.from_main(ckpt.exists()):
             model = load_checkpoint(ckpt)
             self.say(f"[mmrobust] {label}: checkpoint found, skipping training")
             return model, model.checkpoint_meta.get("train", {})
@@ -184,7 +69,7 @@ class _Run:
             self.say(f"[mmrobust] {label}: best val {100 * res.best_val_accuracy:.1f}% at epoch "
                      f"{res.best_epoch} ({res.seconds:.1f}s)")
             info = res.to_dict()
-        _barrier()
+        dist.barrier()
         if not self.main:
             model = load_checkpoint(ckpt)
             info = model.checkpoint_meta.get("train", {})
@@ -192,19 +77,16 @@ class _Run:
 
     def defended(self, dcfg: Any, mcfg: Any, base: Any) -> tuple[Any, Any, dict[str, Any]]:
         """``(defence, defended model, defence info)`` of ``dcfg`` on the trained model ``base`` (stored or built)."""
-        from mmrobust.defenses import create as create_defense
-        from mmrobust.models.checkpoint import save_checkpoint
-
         label = f"{mcfg.label}+{dcfg.label}"
         ckpt = self.folder / "models" / f"{label}.pt"
         defense = create_defense(dcfg.name, **dcfg.params)
-        if _from_main(ckpt.exists()):
+        if dist.from_main(ckpt.exists()):
             model = load_checkpoint(ckpt)
             self.say(f"[mmrobust] {label}: checkpoint found, skipping the defence")
             return defense, model, dict(getattr(model, "defense_info", {}))
         if self.main:
             start = base
-            if dcfg.start == "fresh" and defense.kind == "training" and dcfg.name != "ooo":
+            if dcfg.start == "fresh" and not (defense.training_free or defense.needs_trained):
                 start = fresh_model(mcfg, self.data.spec, self.cfg.seed)
             self.say(f"[mmrobust] {label}: building {defense.name} ({defense.kind}, from the "
                      f"{'trained' if start is base else 'fresh'} {mcfg.label} model)")
@@ -215,7 +97,7 @@ class _Run:
             save_checkpoint(model, ckpt, {"dataset": self.data.meta, "defense": defense.describe(),
                                           "base_model": mcfg.label})
             self.say(f"[mmrobust] {label}: built in {seconds:.1f}s")
-        _barrier()
+        dist.barrier()
         if not self.main:
             model = load_checkpoint(ckpt)
         return defense, model, dict(model.defense_info)
@@ -260,7 +142,7 @@ class _Run:
     def cell(self, label: str, key: str, what: str, compute: Any) -> tuple[list[dict[str, Any]], list[Any]]:
         """Read cell ``key`` of ``label`` if stored, else ``compute()`` it and store it atomically (rank 0)."""
         path = self.folder / "cells" / label / f"{key}.json"
-        if _from_main(path.exists()):
+        if dist.from_main(path.exists()):
             stored = json.loads(path.read_text())
             return stored["rows"], stored.get("flags", [])
         t = time.perf_counter()
@@ -268,14 +150,12 @@ class _Run:
         if self.main:
             write_json(path, {"model": label, "threat": key, "rows": rows, "flags": flags,
                               "seconds": round(time.perf_counter() - t, 2)})
-        _barrier()
+        dist.barrier()
         self.say(f"[mmrobust] {label}: {key} ({what}, {time.perf_counter() - t:.1f}s)")
         return rows, flags
 
     def certified(self, model: Any, base: dict[str, Any]) -> list[dict[str, Any]]:
         """Rows of the ``certified`` cell: certified accuracy per Lipschitz kind × perturbed set × radius."""
-        from mmrobust.certify.curves import certified_rows
-
         c = self.cfg.threats.certify
         out: dict[tuple[str, float], dict[str, Any]] = {}
         for r in certified_rows(model, self.data.test, self.data.train, c.lipschitz, c.radii,
@@ -289,69 +169,8 @@ class _Run:
         return list(out.values())
 
 
-def adaptive_labels(defense: Any, base: Any) -> str:
-    """The attack variants ``defense`` evaluates adaptively (e.g. ``transfer+bpda+full``)."""
-    from mmrobust.attacks.pgd import PGD
-
-    probe = PGD(base.modalities[0], eps=0.0)
-    return "+".join(label for label, _ in defense.attack_variants(probe, base))
-
-
-def fresh_model(mcfg: Any, spec: Any, seed: int) -> Any:
-    """A new, untrained model of the grid entry ``mcfg``."""
-    kwargs = dict(mcfg.kwargs)
-    if mcfg.modality is not None:
-        kwargs["modality"] = mcfg.modality
-    return create_model(mcfg.name, spec, seed=seed, **kwargs)
-
-
-def certifiable(model: Any) -> bool:
-    """Whether the late-fusion certificate applies to ``model`` (late fusion with a continuous modality)."""
-    from mmrobust.certify import certifiable_modalities, late_head
-    from mmrobust.errors import MMRobustError
-
-    try:
-        late_head(model)
-        certifiable_modalities(model)
-    except MMRobustError:
-        return False
-    return True
-
-
-def defenses_of(cfg: RunConfig, mcfg: Any, spec: Any) -> list[Any]:
-    """The defence entries of ``cfg`` that apply to the grid model ``mcfg``, in config order.
-
-    An entry that lists the model must apply to it (checked in :func:`_check_config`); an entry without
-    ``models`` applies to every model its ``check`` accepts.
-    """
-    out = []
-    for d in cfg.defenses:
-        if d.models is not None:
-            if mcfg.label in d.models:
-                out.append(d)
-        elif _defense_error(d, mcfg, spec) is None:
-            out.append(d)
-    return out
-
-
-def _defense_error(d: Any, mcfg: Any, spec: Any) -> str | None:
-    """Why defence entry ``d`` cannot apply to grid model ``mcfg`` (``None``: it can)."""
-    from mmrobust.defenses import create as create_defense
-    from mmrobust.errors import MMRobustError
-
-    if mcfg.name == "adapter":
-        return "defences change a model's internals; an adapter wraps your own module"
-    try:
-        create_defense(d.name, **d.params).check(fresh_model(mcfg, spec, 0))
-    except MMRobustError as e:
-        return str(e)
-    return None
-
-
 def dataset_of(cfg: RunConfig) -> Any:
     """Load the run's dataset; a bad path or option is a :class:`ConfigError` naming ``dataset``."""
-    from mmrobust.errors import MMRobustError
-
     try:
         return load_dataset(cfg.dataset.name, **cfg.dataset.loader_kwargs())
     except MMRobustError as e:
@@ -376,16 +195,16 @@ def run(
         )
     # Under torchrun every rank runs this function: rank 0 trains and writes every file, all ranks
     # evaluate their shard of each cell (mmrobust.evaluate gathers the per-sample outcomes).
-    main = _rank() == 0
+    main = dist.is_main()
     if main:
         folder.mkdir(parents=True, exist_ok=True)
         for stale in folder.rglob(".*.tmp"):  # temporary files of a killed run (finished files are whole)
             stale.unlink(missing_ok=True)
         write_text(cfg_path, resolved)
-    _barrier()
+    dist.barrier()
 
     data = dataset_of(cfg)
-    _check_config(cfg, data.spec)
+    check_config(cfg, data.spec)
     state = _Run(cfg, folder, data, quiet)
     state.say(f"[mmrobust] dataset {cfg.dataset.name}: {len(data.train)}/{len(data.val)}/{len(data.test)} "
               f"samples, modalities {data.spec.names} (checksum {str(data.meta.get('checksum'))[:12]})")
@@ -407,7 +226,7 @@ def run(
             "test_accuracy": rows[0]["accuracy"],
         }
         if main:
-            write_text(folder / "results.csv", rows_to_csv(all_rows, RESULT_COLUMNS))
+            write_results(folder, all_rows)
         for dcfg in defenses_of(cfg, mcfg, data.spec):
             dlabel = f"{label}+{dcfg.label}"
             defense, defended, dinfo = state.defended(dcfg, mcfg, model)
@@ -427,7 +246,7 @@ def run(
                 "test_accuracy": rows[0]["accuracy"],
             }
             if main:
-                write_text(folder / "results.csv", rows_to_csv(all_rows, RESULT_COLUMNS))
+                write_results(folder, all_rows)
 
     summary = {
         "name": name or cfg.name,
@@ -442,63 +261,11 @@ def run(
     }
     if not main:
         return folder
-    if dist_world() > 1:
-        summary["world_size"] = dist_world()
+    if dist.world_size() > 1:
+        summary["world_size"] = dist.world_size()
     write_json(folder / "summary.json", summary)
-    from mmrobust.bench.report import write_report
-
     report = write_report(folder)
     print(pivot_table(all_rows))
     state.say(f"[mmrobust] report: {report}")
     print(f"\n[mmrobust] run folder: {folder}  ({summary['wall_seconds']:.0f}s)")
     return folder
-
-
-def headline(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Headline numbers per model.
-
-    Clean accuracy, worst missing-modality accuracy, accuracy per attack threat at each ε (in grid
-    order), and the mean and worst corruption accuracy.
-    """
-    out: dict[str, dict[str, Any]] = {}
-    for r in rows:
-        d = out.setdefault(r["model"], {})
-        fam, acc = r["family"], r["accuracy"]
-        if r["condition"] == "clean":
-            d["clean"] = acc
-        elif fam == "missing":
-            d["worst_missing"] = min(d.get("worst_missing", math.inf), acc)
-        elif fam == "attack":
-            d.setdefault("attacks", {}).setdefault(r["threat"], []).append(acc)
-        elif fam == "corruption":
-            d.setdefault("_corr", []).append(acc)
-    for d in out.values():
-        corr = d.pop("_corr", [])
-        if corr:
-            d["mean_corruption"] = sum(corr) / len(corr)
-            d["worst_corruption"] = min(corr)
-    return out
-
-
-def pivot_table(rows: list[dict[str, Any]]) -> str:
-    """One line per model: clean, worst missing, each attack threat at each ε of its grid, corruptions."""
-    head = headline(rows)
-    cols: list[str] = ["clean", "worst missing"]
-    lines = []
-    for model, d in head.items():
-        line: dict[str, Any] = {"model": model, "clean": d.get("clean", ""),
-                                "worst missing": d.get("worst_missing", "")}
-        for threat, accs in d.get("attacks", {}).items():
-            for j, a in enumerate(accs, 1):
-                key = f"{threat} ε{j}"
-                line[key] = a
-                if key not in cols:
-                    cols.append(key)
-        for key in ("mean_corruption", "worst_corruption"):
-            if key in d:
-                name = key.replace("_", " ")
-                line[name] = d[key]
-                if name not in cols:
-                    cols.append(name)
-        lines.append(line)
-    return format_table(lines, ["model", *cols])

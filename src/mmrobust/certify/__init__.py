@@ -8,6 +8,8 @@ ICLR 2024, arXiv 2402.06244; ``methods.md`` §3, user guide ``docs/certify.md``.
   and ``sound`` (a provable bound, built from :mod:`~mmrobust.certify.layers` and
   :mod:`~mmrobust.certify.spectral`);
 * :mod:`~mmrobust.certify.radius` — joint and single-modality radii, certified accuracy and curves;
+* :mod:`~mmrobust.certify.crmt` — CRMT's own a-factored radius of the CRMT head (what its training
+  step 2 maximises) and the direction constants τ̃ it needs;
 * :mod:`~mmrobust.certify.falsify` — attack every sample inside its radius (soundness check).
 
 Example:
@@ -17,6 +19,14 @@ Example:
     >>> cert.certified_accuracy([0.0, 0.01, 0.05])                                    # doctest: +SKIP
 """
 
+from mmrobust.certify.crmt import (
+    certify_crmt,
+    crmt_pair_constants,
+    crmt_radii,
+    crmt_scales,
+    direction_lipschitz,
+    signed_radius,
+)
 from mmrobust.certify.falsify import FalsificationResult, attack_within_radius
 from mmrobust.certify.layers import SUPPORTED
 from mmrobust.certify.lipschitz import (
@@ -35,8 +45,6 @@ from mmrobust.certify.radius import (
     certified_accuracy_curve,
     certify,
     certify_dataset,
-    crmt_pair_constants,
-    crmt_radii,
     radii_from_margins,
 )
 from mmrobust.certify.spectral import conv_matrix, conv_norm_bound, conv_power_norm, linear_norm
@@ -54,12 +62,15 @@ __all__ = [
     "certified_accuracy",
     "certified_accuracy_curve",
     "certify",
+    "certify_crmt",
     "certify_dataset",
     "conv_matrix",
     "conv_norm_bound",
     "conv_power_norm",
     "crmt_pair_constants",
     "crmt_radii",
+    "crmt_scales",
+    "direction_lipschitz",
     "empirical_lipschitz",
     "encoder_layers",
     "late_head",
@@ -67,6 +78,7 @@ __all__ = [
     "lipschitz_constants",
     "margins",
     "radii_from_margins",
+    "signed_radius",
     "sound_lipschitz",
     "unimodal_scores",
 ]

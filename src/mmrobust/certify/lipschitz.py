@@ -50,6 +50,7 @@ from mmrobust.attacks.gradient import attack_mode
 from mmrobust.certify.layers import flatten_sequential, trace
 from mmrobust.certify.margins import late_head
 from mmrobust.errors import InputError, UnsupportedError
+from mmrobust.models.encoders import AudioEncoder, FeatureEncoder, ImageEncoder
 
 KINDS: tuple[str, ...] = ("empirical", "sound")
 
@@ -210,8 +211,6 @@ def encoder_layers(model: Any, modality: str) -> list[tuple[str, nn.Module]]:
     Raises:
         UnsupportedError: any other encoder (e.g. the text encoder, custom modules).
     """
-    from mmrobust.models.encoders import AudioEncoder, FeatureEncoder, ImageEncoder
-
     enc = model.encoders[modality]
     if isinstance(enc, nn.Sequential):
         return flatten_sequential(enc)

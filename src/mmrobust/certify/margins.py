@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from mmrobust.errors import InputError, UnsupportedError
+from mmrobust.models.fusion.late import LateFusion
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,6 @@ def late_head(model: Any) -> LateHead:
         UnsupportedError: for any other fusion (concat, attention, gated: their fused logits are not a
             sum of per-modality linear scores, so the CRMT certificate does not apply).
     """
-    from mmrobust.models.fusion.late import LateFusion
-
     fusion = getattr(model, "fusion", None)
     plain_head = isinstance(getattr(model, "head", None), nn.Identity)
     effective = getattr(fusion, "effective_head", None)

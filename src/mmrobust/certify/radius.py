@@ -18,9 +18,9 @@ class y is not the strict arg-max of the logits gets r = 0; g_k > 0 with τ = 0 
 margin does not depend on the perturbed modalities). The certificate is a guarantee with ``sound``
 constants and an estimate with ``empirical`` ones.
 
-For the CRMT head W^(m) = diag(a^(m)) W̃^(m), :func:`crmt_radii` gives CRMT's own radius, whose
-denominator is factored through a^(m) and the per-class constants τ̃ of the directions W̃; with the
-same samples it is never larger than the generic radius above (see its docstring).
+For the CRMT head W^(m) = diag(a^(m)) W̃^(m), :mod:`mmrobust.certify.crmt` gives CRMT's own radius,
+whose denominator is factored through a^(m) and the per-class constants τ̃ of the directions W̃; with
+the same samples it is never larger than the generic radius above.
 
 **Certified accuracy** at radius ε: the fraction of samples whose label y gets r(x) > ε (so at
 ε = 0 it is the accuracy with ties counted as errors).
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,8 +39,9 @@ from torch import Tensor
 
 from mmrobust.attacks.gradient import attack_mode
 from mmrobust.certify.lipschitz import LipschitzConstants, certifiable_modalities
-from mmrobust.certify.margins import margins
+from mmrobust.certify.margins import Margins, margins
 from mmrobust.errors import InputError
+from mmrobust.utils.checks import check_int
 
 
 def radii_from_margins(margin: Tensor, label: Tensor, tau: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -70,55 +71,6 @@ def radii_from_margins(margin: Tensor, label: Tensor, tau: Tensor) -> tuple[Tens
     nearest = torch.where(torch.isinf(joint), y, nearest)
     single = torch.stack([ratio(g, t[c]).amin(1) for c in range(t.shape[0])], 0) if t.shape[0] else g.new_zeros(0, n)
     return joint.clamp_min(0.0), single.clamp_min(0.0), nearest
-
-
-def crmt_pair_constants(scale: Tensor, tau: Tensor) -> Tensor:
-    """The CRMT head's a-factored denominators, as pair constants for :func:`radii_from_margins`.
-
-    For the CRMT head W^(m) = diag(a^(m)) W̃^(m) (:class:`~mmrobust.models.fusion.crmt.CRMTFusion`) with
-    τ̃_k^(m) the Lipschitz constant of x_m ↦ W̃_k^(m) φ_m(x_m), the margin x_m ↦ a_j s_j^(m) − a_k s_k^(m)
-    is (a_j τ̃_j + a_k τ̃_k)-Lipschitz (triangle inequality; a >= 0). Differentiable in ``scale``.
-
-    Args:
-        scale: a^(m) of the C perturbed modalities, (C, K), >= 0.
-        tau: τ̃^(m) of the same modalities, (C, K).
-
-    Returns:
-        (C, K, K) with [m, j, k] = a_j^(m) τ̃_j^(m) + a_k^(m) τ̃_k^(m) off the diagonal and 0 on it.
-    """
-    if scale.shape != tau.shape or scale.dim() != 2:
-        raise InputError(f"scale and tau must both be (C, K), got {tuple(scale.shape)} and {tuple(tau.shape)}")
-    t = scale * tau.to(scale)
-    k = t.shape[1]
-    eye = torch.eye(k, dtype=torch.bool, device=t.device)
-    return (t[:, :, None] + t[:, None, :]).masked_fill(eye, 0.0)
-
-
-def crmt_radii(margin: Tensor, label: Tensor, scale: Tensor, tau: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """CRMT's own certified radius, with the a-factored denominator (Yang et al., ICLR 2024, §3 of ``methods.md``).
-
-    Joint ℓ2 ball over the C perturbed modalities, and each modality alone:
-
-        r(x)     = min_{k≠y} (s_y − s_k)(x) / (Σ_m (a_y^(m) τ̃_y^(m) + a_k^(m) τ̃_k^(m))²)^{1/2}
-        r^(m)(x) = min_{k≠y} (s_y − s_k)(x) / (a_y^(m) τ̃_y^(m) + a_k^(m) τ̃_k^(m))
-
-    The numerator is the fused margin (all modalities, bias included), the same as in the generic radius.
-    With the same samples (``empirical``) the generic pair constant τ_{yk}^(m) of the effective head is at
-    most a_y τ̃_y + a_k τ̃_k (the norm of a difference of gradients is at most the sum of their norms), so
-    the generic radius of :func:`certify` is at least this one; the a-factored form is what CRMT's step 2
-    can differentiate in a without re-estimating any constant.
-
-    Args:
-        margin: s_y − s_k, (N, K).
-        label: y, (N,).
-        scale: a^(m) of the perturbed modalities, (C, K).
-        tau: τ̃^(m) of the same modalities, (C, K) (e.g. ``LipschitzConstants.per_class`` of the
-            direction-only head, :func:`mmrobust.defenses.crmt.direction_lipschitz`).
-
-    Returns:
-        ``joint`` (N,), ``single`` (C, N), ``nearest`` (N,), as :func:`radii_from_margins` (float64, >= 0).
-    """
-    return radii_from_margins(margin, label, crmt_pair_constants(scale.detach().double(), tau.detach().double()))
 
 
 @dataclass
@@ -178,6 +130,22 @@ class Certificate:
         return out
 
     @staticmethod
+    def of_batch(
+        kind: str, modalities: Sequence[str], mg: Margins, joint: Tensor, single: Tensor, nearest: Tensor
+    ) -> Certificate:
+        """One batch's certificate from its margins ``mg`` and radii (``single``: (C, N), ``modalities`` order)."""
+        return Certificate(
+            kind=kind,
+            modalities=tuple(modalities),
+            label=mg.label.cpu(),
+            prediction=mg.logits.argmax(1).cpu(),
+            margin=mg.total.double().cpu(),
+            joint=joint.cpu(),
+            single={m: single[i].cpu() for i, m in enumerate(modalities)},
+            nearest=nearest.cpu(),
+        )
+
+    @staticmethod
     def cat(parts: Sequence[Certificate]) -> Certificate:
         """Concatenate certificates of consecutive batches."""
         if not parts:
@@ -230,17 +198,31 @@ def certify(
         raise InputError(f"lipschitz constants are for {tau.shape[1]} classes, the model has {k}")
     with attack_mode(model):
         mg = margins(model, x, y)
-    joint, single, nearest = radii_from_margins(mg.total, mg.label, tau)
-    return Certificate(
-        kind=lipschitz.kind,
-        modalities=tuple(mods),
-        label=mg.label.cpu(),
-        prediction=mg.logits.argmax(1).cpu(),
-        margin=mg.total.double().cpu(),
-        joint=joint.cpu(),
-        single={m: single[i].cpu() for i, m in enumerate(mods)},
-        nearest=nearest.cpu(),
-    )
+    return Certificate.of_batch(lipschitz.kind, mods, mg, *radii_from_margins(mg.total, mg.label, tau))
+
+
+def over_batches(
+    model: Any, dataset: Any, batch_size: int, certify_batch: Callable[[dict[str, Tensor], Tensor], Certificate]
+) -> Certificate:
+    """``certify_batch(x, y)`` over a split, batch by batch on the model's device, concatenated.
+
+    Args:
+        model: The certified model (its modalities select the dataset's; its device takes the batches).
+        dataset: A :class:`~mmrobust.datasets.dataset.MultimodalDataset`.
+        batch_size: Samples per batch (an integer >= 1).
+        certify_batch: Certifies one batch ``(x, y)``.
+
+    Raises:
+        InputError: a bad ``batch_size`` or a ``dataset`` that is not a split.
+    """
+    check_int(batch_size, "", "batch_size")
+    if not (hasattr(dataset, "batches") and hasattr(dataset, "select")):
+        raise InputError(f"dataset must be a MultimodalDataset, got {type(dataset).__name__}")
+    if list(dataset.spec.names) != list(model.modalities):
+        dataset = dataset.select(model.modalities)
+    device = next(iter(model.parameters())).device
+    return Certificate.cat([certify_batch({m: t.to(device) for m, t in x.items()}, y.to(device))
+                            for x, y, _ in dataset.batches(int(batch_size))])
 
 
 def certify_dataset(
@@ -262,20 +244,8 @@ def certify_dataset(
         labels: Certify the true labels (True; certified accuracy) or the predictions (False).
         batch_size: Samples per batch.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-        raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    if not (hasattr(dataset, "batches") and hasattr(dataset, "select")):
-        raise InputError(f"dataset must be a MultimodalDataset, got {type(dataset).__name__}")
-    if list(dataset.spec.names) != list(model.modalities):
-        dataset = dataset.select(model.modalities)
-    device = next(iter(model.parameters())).device
-    parts = []
-    for x, y, _ in dataset.batches(int(batch_size)):
-        xb = {m: t.to(device) for m, t in x.items()}
-        parts.append(
-            certify(model, xb, y.to(device) if labels else None, lipschitz=lipschitz, modalities=modalities)
-        )
-    return Certificate.cat(parts)
+    return over_batches(model, dataset, batch_size, lambda x, y: certify(
+        model, x, y if labels else None, lipschitz=lipschitz, modalities=modalities))
 
 
 def certified_accuracy(radius: Tensor, eps: float | Sequence[float] | Tensor) -> Tensor:
@@ -314,8 +284,7 @@ def certified_accuracy_curve(
     """
     r = torch.as_tensor(radius, dtype=torch.float64).reshape(-1)
     if eps is None:
-        if isinstance(num, bool) or not isinstance(num, numbers.Integral) or num < 2:
-            raise InputError(f"num must be an integer >= 2, got {num!r}")
+        check_int(num, "", "num", minimum=2)
         finite = r[torch.isfinite(r)]
         top = float(finite.max()) if finite.numel() and float(finite.max()) > 0 else 1.0
         grid = torch.linspace(0.0, top, int(num), dtype=torch.float64)

@@ -9,30 +9,20 @@ Example:
 
 from __future__ import annotations
 
-from functools import partial
+import inspect
 from typing import Any
 
+from mmrobust.datasets import loaders  # noqa: F401  (registers the loaders of your files)
 from mmrobust.datasets.cache import cache_dir
 from mmrobust.datasets.dataset import DatasetBundle, ModalityStats, MultimodalDataset, compute_stats
-from mmrobust.datasets.loaders import load_affect, load_arrays, load_avmnist
-from mmrobust.registry import Registry
-
-DATASETS: Registry[DatasetBundle] = Registry("dataset")
-
-
-@DATASETS.register("mmdigits")
-def _mmdigits(**kwargs: Any) -> DatasetBundle:
-    from mmrobust.datasets.mmdigits.loader import load_mmdigits
-
-    return load_mmdigits(**kwargs)
+from mmrobust.datasets.mmdigits.loader import load_mmdigits  # noqa: F401  (registers the built-in dataset)
+from mmrobust.datasets.registry import DATASETS
+from mmrobust.errors import InputError
 
 
-# Real-data loaders (docs/datasets.md): they read the user's files, never download.
-DATASETS.register("avmnist")(load_avmnist)
-DATASETS.register("mosi")(partial(load_affect, name="mosi"))
-DATASETS.register("mosei")(partial(load_affect, name="mosei"))
-DATASETS.register("npz")(partial(load_arrays, format="npz"))
-DATASETS.register("hdf5")(partial(load_arrays, format="hdf5"))
+def _params(name: str) -> list[str]:
+    """The keyword parameters of dataset ``name``'s loader."""
+    return list(inspect.signature(DATASETS.get(name)).parameters)
 
 
 def load(name: str = "mmdigits", **kwargs: Any) -> DatasetBundle:
@@ -71,28 +61,28 @@ def dataset_options(
     Raises:
         InputError: an unknown dataset, a missing ``path``, or an option of another dataset.
     """
-    import inspect
-
-    from mmrobust.errors import InputError
-
     if name not in DATASETS.names():
         raise InputError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS.names())}")
+    params = _params(name)
+    where = next((p for p in ("path", "root") if p in params), None)
     kw: dict[str, Any] = {}
-    if name == "mmdigits":
+    if where is None:
         if path is not None:
-            raise InputError("mmdigits is built offline and reads no files; path is for "
-                             f"{', '.join(n for n in DATASETS.names() if n != 'mmdigits')}")
-        kw.update({k: v for k, v in (("seed", seed), ("size", size), ("audio", audio)) if v is not None})
+            readers = [n for n in DATASETS.names() if {"path", "root"} & set(_params(n))]
+            raise InputError(f"{name} is built offline and reads no files; path is for {', '.join(readers)}")
+    elif path is None:
+        raise InputError(f"{name} reads your data: give the path of its {'folder' if where == 'root' else 'file'} "
+                         "(docs/datasets.md)")
     else:
-        given = [k for k, v in (("size", size), ("audio", audio)) if v is not None]
-        if given:
-            raise InputError(f"{', '.join(given)}: options of mmdigits, not of {name}")
-        if path is None:
-            what = "folder of .npy files" if name == "avmnist" else "file"
-            raise InputError(f"{name} reads your data: give the path of its {what} (docs/datasets.md)")
-        kw["root" if name == "avmnist" else "path"] = path
-        if seed is not None and "seed" in inspect.signature(DATASETS.get(name)).parameters:
-            kw["seed"] = seed
+        kw[where] = path
+    given = {k: v for k, v in (("size", size), ("audio", audio)) if v is not None}
+    foreign = [k for k in given if k not in params]
+    if foreign:
+        owners = [n for n in DATASETS.names() if set(foreign) <= set(_params(n))]
+        raise InputError(f"{', '.join(foreign)}: options of {', '.join(owners) or 'no dataset'}, not of {name}")
+    kw.update(given)
+    if seed is not None and "seed" in params:
+        kw["seed"] = seed
     clash = sorted(set(kw) & set(options or {}))
     if clash:
         raise InputError(f"options repeats {clash}; give them once")

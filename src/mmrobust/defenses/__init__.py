@@ -16,16 +16,7 @@ from mmrobust.defenses.dropout import ModalityDropout
 from mmrobust.defenses.jr import JR
 from mmrobust.defenses.mixup import MixUp, PlainMixUp
 from mmrobust.defenses.ooo import OddOneOut
-from mmrobust.registry import Registry
-
-DEFENSES: Registry[Defense] = Registry("defense")
-DEFENSES.register("mixup")(MixUp)
-DEFENSES.register("plain_mixup")(PlainMixUp)
-DEFENSES.register("adversarial_training")(AdversarialTraining)
-DEFENSES.register("modality_dropout")(ModalityDropout)
-DEFENSES.register("ooo")(OddOneOut)
-DEFENSES.register("crmt")(CRMT)
-DEFENSES.register("jr")(JR)
+from mmrobust.defenses.registry import DEFENSES
 
 
 def create(name: str, **hparams: Any) -> Defense:

@@ -29,7 +29,6 @@ fusion (CPU) that made ``"random"`` about 3× and ``"all"`` about 5× as expensi
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -41,9 +40,11 @@ from mmrobust.attacks.gradient import AttackOutput
 from mmrobust.attacks.pgd import PGD
 from mmrobust.datasets.dataset import DatasetBundle, ModalityStats
 from mmrobust.defenses.base import Defense
+from mmrobust.defenses.registry import DEFENSES
 from mmrobust.defenses.training import check_training, supervised_loss, train_copy, training_info, unimodal_weight
 from mmrobust.errors import InputError, UnsupportedError
 from mmrobust.models.base import MultimodalModel
+from mmrobust.utils.checks import check_number
 
 __all__ = ["AdversarialObjective", "AdversarialTraining"]
 
@@ -110,6 +111,7 @@ class AdversarialObjective:
         return loss, logits
 
 
+@DEFENSES.register()
 class AdversarialTraining(Defense):
     """PGD adversarial training (Madry et al., ICLR 2018, arXiv 1706.06083) on a dict-input model.
 
@@ -180,8 +182,7 @@ class AdversarialTraining(Defense):
                              f"got {modalities!r}")
         if mods == "random" and budget == "joint":
             raise InputError(f"{n}: budget='joint' needs several attacked modalities; modalities='random' attacks one")
-        if isinstance(adv_weight, bool) or not isinstance(adv_weight, numbers.Real) or not 0 < adv_weight <= 1:
-            raise InputError(f"{n}: adv_weight must be in (0, 1] (weight of the adversarial loss), got {adv_weight!r}")
+        check_number(adv_weight, n, "adv_weight", above=0.0, at_most=1.0, note=" (weight of the adversarial loss)")
         self.modalities = mods
         self.adv_weight = float(adv_weight)
         probe_mods: str | list[str] = mods if isinstance(mods, list) else ("all" if mods == "all" else "each")

@@ -18,10 +18,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
+from mmrobust.attacks.adaptive import WorstCase
 from mmrobust.attacks.base import Condition
+from mmrobust.attacks.gradient import GradientAttack
 from mmrobust.datasets.dataset import DatasetBundle
 from mmrobust.errors import InputError, UnsupportedError
 from mmrobust.models.base import MultimodalModel
+from mmrobust.models.fusion.late import LateFusion
 
 
 class Defense(ABC):
@@ -34,6 +37,19 @@ class Defense(ABC):
 
     name: ClassVar[str] = "defense"
     kind: ClassVar[str] = "training"
+    #: Capabilities the runner and :meth:`check` read (declared by each defence, never inferred from its name).
+    #: Builds on the trained model (wraps it, or extends its weights): a fresh start is refused.
+    needs_trained: ClassVar[bool] = False
+    #: Needs late fusion (fused logits = a sum of per-modality logits); :attr:`late_fusion_reason` says why.
+    needs_late_fusion: ClassVar[bool] = False
+    late_fusion_reason: ClassVar[str] = ""
+    #: Fewest modalities the defended model must have.
+    min_modalities: ClassVar[int] = 1
+
+    @property
+    def training_free(self) -> bool:
+        """Whether the defence builds the defended model without training (``kind == "training-free"``)."""
+        return self.kind == "training-free"
 
     @abstractmethod
     def params(self) -> dict[str, Any]:
@@ -58,6 +74,12 @@ class Defense(ABC):
                 f"{self.name}: needs a model built from encoders and a fusion layer (mr.models.create); "
                 f"{type(model).__name__} wraps a foreign module whose internals defences cannot change"
             )
+        if self.needs_late_fusion and not isinstance(model.fusion, LateFusion):
+            raise InputError(f"{self.name}: needs a late-fusion model (fusion 'late'): {self.late_fusion_reason}; "
+                             f"this model uses {model.fusion_name!r} fusion")
+        if len(model.modalities) < self.min_modalities:
+            raise InputError(f"{self.name}: needs a model with at least {self.min_modalities} modalities; this one "
+                             f"has only {model.modalities}")
 
     @abstractmethod
     def apply(
@@ -118,9 +140,6 @@ class Defense(ABC):
             >>> mr.defenses.create("crmt").adaptive(pgd).params()["variants"]
             'cw+ce'
         """
-        from mmrobust.attacks.adaptive import WorstCase
-        from mmrobust.attacks.gradient import GradientAttack
-
         variants = self.attack_variants(attack, undefended)
         if len(variants) == 1:
             return variants[0][1]

@@ -57,10 +57,8 @@ checks each point.
 from __future__ import annotations
 
 import copy
-import math
-import numbers
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -68,19 +66,19 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mmrobust.attacks.base import Condition, EvalContext
-from mmrobust.attacks.gradient import attack_mode
 from mmrobust.attacks.pgd import PGD
-from mmrobust.certify.lipschitz import KINDS, LipschitzConstants, certifiable_modalities, lipschitz_constants
-from mmrobust.certify.margins import late_head, margins
-from mmrobust.certify.radius import Certificate, crmt_pair_constants, crmt_radii
+from mmrobust.certify.crmt import crmt_fusion, crmt_radii, crmt_scales, direction_lipschitz, signed_radius, tau_stack
+from mmrobust.certify.lipschitz import KINDS, LipschitzConstants, certifiable_modalities
+from mmrobust.certify.margins import late_head
 from mmrobust.datasets.dataset import DatasetBundle, MultimodalDataset
 from mmrobust.defenses.base import Defense
+from mmrobust.defenses.registry import DEFENSES
 from mmrobust.defenses.training import check_training, resolve_training
-from mmrobust.errors import InputError, UnsupportedError
+from mmrobust.errors import InputError
 from mmrobust.models.base import MultimodalModel
 from mmrobust.models.fusion.crmt import MODES, CRMTFusion
-from mmrobust.models.fusion.late import LateFusion
 from mmrobust.train import train
+from mmrobust.utils.checks import check_int, check_nonnegative, check_positive
 
 VARIANTS: tuple[str, ...] = ("JT", "AT", "Mix")
 HELD_FIXED: tuple[str, ...] = ("drop", "keep")
@@ -93,16 +91,7 @@ _RESERVED: dict[str, str] = {
 
 Batch = dict[str, Tensor]
 
-__all__ = [
-    "CRMT",
-    "HELD_FIXED",
-    "VARIANTS",
-    "certify_crmt",
-    "crmt_scales",
-    "direction_lipschitz",
-    "margin_loss",
-    "signed_radius",
-]
+__all__ = ["CRMT", "HELD_FIXED", "VARIANTS", "margin_loss"]
 
 
 # ------------------------------------------------------------------------------------------ losses
@@ -135,147 +124,8 @@ def margin_loss(scores: Tensor, y: Tensor, exclude: Tensor | None = None) -> Ten
     return torch.where(empty, torch.zeros_like(out), out)
 
 
-def signed_radius(logits: Tensor, y: Tensor, scale: Tensor, tau: Tensor) -> Tensor:
-    """CRMT's joint radius without the clamp at 0 (negative for misclassified samples), differentiable in a.
-
-    Args:
-        logits: h(x), (N, K).
-        y: Labels (N,).
-        scale: a^(m) of the perturbed modalities, (C, K).
-        tau: τ̃^(m) of the same modalities, (C, K).
-
-    Returns:
-        (N,) min_{k≠y} (h_y − h_k) / (Σ_m (a_y τ̃_y + a_k τ̃_k)²)^{1/2}.
-    """
-    den = crmt_pair_constants(scale, tau)[:, y, :].square().sum(0).sqrt()  # (N, K)
-    g = logits.gather(1, y[:, None]) - logits
-    ratio = g / den.clamp_min(1e-12)
-    return ratio.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("inf")).amin(1)
-
-
-# ------------------------------------------------------------------------------------------ constants
-def _crmt_fusion(model: Any) -> CRMTFusion:
-    fusion = getattr(model, "fusion", None)
-    if not isinstance(fusion, CRMTFusion):
-        name = getattr(model, "fusion_name", type(fusion).__name__)
-        raise UnsupportedError(f"this needs a CRMT model (fusion 'crmt', e.g. from the crmt defence); got {name!r}")
-    return fusion
-
-
-def direction_lipschitz(
-    model: Any,
-    kind: str = "empirical",
-    data: Any = None,
-    *,
-    modalities: str | Sequence[str] | None = None,
-    batch_size: int = 256,
-) -> LipschitzConstants:
-    """τ̃: Lipschitz constants of the direction-only uni-modal scores x_m ↦ W̃_k^(m) φ_m(x_m) of a CRMT model.
-
-    Runs :func:`mmrobust.certify.lipschitz_constants` on a copy of the model whose head is the plain
-    late-fusion head with weights W̃^(m) (no a, no bias), so the estimator is the toolkit's one (fresh
-    gradients per modality and class) and a^(m) never enters τ̃.
-
-    Args:
-        model: A CRMT model (fusion ``"crmt"``).
-        kind: ``empirical`` (the paper: max of gradient norms over ``data``) or ``sound`` (a provable bound).
-        data: Samples for ``empirical`` (the paper uses the training split).
-        modalities: Continuous modalities (default: all of them).
-        batch_size: Samples per gradient batch (``empirical``).
-
-    Returns:
-        :class:`~mmrobust.certify.LipschitzConstants`; ``per_class[m]`` (K,) is τ̃^(m). (``pairs`` are the
-        constants of W̃_j − W̃_k, not used by the CRMT radius.)
-    """
-    fusion = _crmt_fusion(model)
-    probe = copy.deepcopy(model)
-    head = LateFusion(fusion.names, fusion.dims, fusion.num_classes)
-    with torch.no_grad():
-        for m in fusion.names:
-            head.heads[m].weight.copy_(fusion.direction(m).detach())
-            head.heads[m].bias.zero_()
-    probe.fusion = head.to(fusion.bias.device)
-    return lipschitz_constants(probe, kind, data, modalities=modalities, batch_size=batch_size)
-
-
-def crmt_scales(model: Any, modalities: Sequence[str]) -> Tensor:
-    """a^(m) of the given modalities of a CRMT model, stacked (C, K) (differentiable)."""
-    fusion = _crmt_fusion(model)
-    return torch.stack([fusion.scale(m) for m in modalities], 0)
-
-
-def _tau(lipschitz: LipschitzConstants, modalities: Sequence[str], like: Tensor) -> Tensor:
-    missing = [m for m in modalities if m not in lipschitz.per_class]
-    if missing:
-        raise InputError(f"no τ̃ constants for modality {missing}; have {lipschitz.modalities}")
-    return torch.stack([lipschitz.per_class[m] for m in modalities], 0).to(like)
-
-
-def certify_crmt(
-    model: Any,
-    dataset: MultimodalDataset,
-    *,
-    lipschitz: LipschitzConstants,
-    modalities: str | Sequence[str] | None = None,
-    labels: bool = True,
-    batch_size: int = 256,
-) -> Certificate:
-    """CRMT's a-factored certified radii (:func:`mmrobust.certify.crmt_radii`) of a CRMT model over a split.
-
-    The generic radius of :func:`mmrobust.certify.certify_dataset` (with constants of the effective head)
-    is at least as large with the same samples; this one is the radius step 2 optimises.
-
-    Args:
-        model: A CRMT model.
-        dataset: The split to certify.
-        lipschitz: τ̃ from :func:`direction_lipschitz` (``per_class`` is used).
-        modalities: Perturbed continuous modalities (default: those in ``lipschitz``).
-        labels: Certify the true labels (True) or the predictions (False).
-        batch_size: Samples per batch.
-
-    Returns:
-        A :class:`~mmrobust.certify.Certificate` (``kind`` is the kind of τ̃).
-    """
-    _crmt_fusion(model)
-    if not isinstance(lipschitz, LipschitzConstants):
-        raise InputError(
-            f"lipschitz must be LipschitzConstants (see direction_lipschitz), got {type(lipschitz).__name__}"
-        )
-    mods = certifiable_modalities(model, lipschitz.modalities if modalities is None else modalities)
-    if list(dataset.spec.names) != list(model.modalities):
-        dataset = dataset.select(model.modalities)
-    device = next(iter(model.parameters())).device
-    parts = []
-    with attack_mode(model):
-        scale = crmt_scales(model, mods).detach()
-        tau = _tau(lipschitz, mods, scale)
-        for x, y, _ in dataset.batches(int(batch_size)):
-            xb = {m: t.to(device) for m, t in x.items()}
-            mg = margins(model, xb, y.to(device) if labels else None)
-            joint, single, nearest = crmt_radii(mg.total, mg.label, scale, tau)
-            parts.append(Certificate(
-                kind=lipschitz.kind, modalities=tuple(mods), label=mg.label.cpu(),
-                prediction=mg.logits.argmax(1).cpu(), margin=mg.total.double().cpu(), joint=joint.cpu(),
-                single={m: single[i].cpu() for i, m in enumerate(mods)}, nearest=nearest.cpu(),
-            ))
-    return Certificate.cat(parts)
-
-
-# ------------------------------------------------------------------------------------------ validation
-def _check_int(name: str, v: Any, low: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or int(v) < low:
-        raise InputError(f"crmt: {name} must be an integer >= {low}, got {v!r}")
-    return int(v)
-
-
-def _check_float(name: str, v: Any, *, positive: bool) -> float:
-    bad = isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(float(v))
-    if bad or (float(v) <= 0 if positive else float(v) < 0):
-        raise InputError(f"crmt: {name} must be a finite number {'> 0' if positive else '>= 0'}, got {v!r}")
-    return float(v)
-
-
 # ------------------------------------------------------------------------------------------ the defence
+@DEFENSES.register()
 class CRMT(Defense):
     """Certifiable robust multimodal training (Yang, Wei, Liang, Hu, ICLR 2024, arXiv 2402.06244).
 
@@ -320,6 +170,11 @@ class CRMT(Defense):
 
     name: ClassVar[str] = "crmt"
     kind: ClassVar[str] = "training"
+    needs_late_fusion: ClassVar[bool] = True
+    late_fusion_reason: ClassVar[str] = (
+        "its head Σ_m W^(m) φ_m(x_m) + b is what CRMT factorises and certifies (mr.models.create('late', spec) or a "
+        "trained late model)"
+    )
 
     def __init__(
         self,
@@ -345,16 +200,16 @@ class CRMT(Defense):
         if lipschitz not in KINDS:
             raise InputError(f"crmt: unknown lipschitz kind {lipschitz!r}; choose one of {', '.join(KINDS)}")
         self.variant = canon[variant.lower()]
-        self.rho = _check_float("rho", rho, positive=False)
+        self.rho = check_nonnegative(rho, "crmt", "rho")
         self.mode = mode
         self.epochs, self.train = check_training(self.name, epochs, train, reserved=_RESERVED)
-        self.radius_epochs = _check_int("radius_epochs", radius_epochs, 0)
-        self.radius_lr = _check_float("radius_lr", radius_lr, positive=True)
-        self.eps = _check_float("eps", eps, positive=True)
-        self.attack_steps = _check_int("attack_steps", attack_steps, 1)
+        self.radius_epochs = check_int(radius_epochs, "crmt", "radius_epochs", minimum=0)
+        self.radius_lr = check_positive(radius_lr, "crmt", "radius_lr")
+        self.eps = check_positive(eps, "crmt", "eps")
+        self.attack_steps = check_int(attack_steps, "crmt", "attack_steps", minimum=1)
         self.lipschitz = lipschitz
-        self.lipschitz_samples = None if lipschitz_samples is None else _check_int(
-            "lipschitz_samples", lipschitz_samples, 1
+        self.lipschitz_samples = (
+            None if lipschitz_samples is None else check_int(lipschitz_samples, "crmt", "lipschitz_samples")
         )
         if held_fixed not in HELD_FIXED:
             raise InputError(f"crmt: unknown held_fixed {held_fixed!r}; choose one of {', '.join(HELD_FIXED)}")
@@ -399,12 +254,6 @@ class CRMT(Defense):
                 continuous, perturbable modality to certify.
         """
         super().check(model)
-        if not isinstance(model.fusion, LateFusion):
-            raise InputError(
-                f"crmt: needs a late-fusion model (mr.models.create('late', spec) or a trained one): its head "
-                f"Σ_m W^(m) φ_m(x_m) + b is what CRMT factorises and certifies; this model uses "
-                f"{model.fusion_name!r} fusion"
-            )
         if self.mode == "orthonormal":
             small = {m: d for m, d in model.fusion.dims.items() if d < model.num_classes}
             if small:
@@ -479,7 +328,7 @@ class CRMT(Defense):
 
         Selection: validation accuracy. Returns the :class:`~mmrobust.train.TrainResult`.
         """
-        _crmt_fusion(net)
+        crmt_fusion(net)
         _check_data(data)
         mods = certifiable_modalities(net)
         return train(net, data, {**self.train, "epochs": self.epochs, **self._common(seed, quiet)},
@@ -507,7 +356,7 @@ class CRMT(Defense):
             ``step2`` (training record; ``kept`` False when no epoch beat the starting radius and a was
             restored), ``lipschitz``, ``tau``, ``scales``, ``val_radius_before``, ``val_radius_after``.
         """
-        fusion = _crmt_fusion(net)
+        fusion = crmt_fusion(net)
         _check_data(data)
         mods = certifiable_modalities(net)
         fixed = [m for m in net.modalities if m not in mods]
@@ -515,7 +364,7 @@ class CRMT(Defense):
         trained = [m for m in net.modalities if m not in drop]
         if tau is None:
             tau = self._estimate_tau(net, data)
-        tau_t = _tau(tau, mods, fusion.bias)
+        tau_t = tau_stack(tau, mods, fusion.bias)
         info2: dict[str, Any] = {"epochs": 0, "trained_scales": trained, "numerator": trained}
         before = _mean_radius(net, data.val, mods, tau_t, drop)
         after = before

@@ -16,19 +16,20 @@ with the other training defences lives in :mod:`mmrobust.defenses.training`.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from mmrobust.datasets.dataset import DatasetBundle
 from mmrobust.defenses.base import Defense
+from mmrobust.defenses.registry import DEFENSES
 from mmrobust.defenses.training import check_training, train_copy, training_info
-from mmrobust.errors import InputError
 from mmrobust.models.base import MultimodalModel
+from mmrobust.utils.checks import check_number
 
 __all__ = ["ModalityDropout"]
 
 
+@DEFENSES.register()
 class ModalityDropout(Defense):
     """Train with modality dropout: per sample, zero one random modality with probability ``p``.
 
@@ -55,10 +56,10 @@ class ModalityDropout(Defense):
 
     name: ClassVar[str] = "modality_dropout"
     kind: ClassVar[str] = "training"
+    min_modalities: ClassVar[int] = 2  # dropping the only modality is meaningless
 
     def __init__(self, p: float = 0.3, *, epochs: int = 20, train: Mapping[str, Any] | None = None) -> None:
-        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 < float(p) < 1:
-            raise InputError(f"modality_dropout: p must be a probability in (0, 1), got {p!r}")
+        check_number(p, "modality_dropout", "p", above=0.0, below=1.0, note=" (a probability)")
         self.p = float(p)
         self.epochs, self.train = check_training(
             self.name, epochs, train, reserved={"modality_dropout": "is set by the defence; use its hyper-parameter p"}
@@ -67,14 +68,6 @@ class ModalityDropout(Defense):
     def params(self) -> dict[str, Any]:
         """``p``, ``epochs`` and the extra training settings."""
         return {"p": self.p, "epochs": self.epochs, "train": dict(self.train)}
-
-    def check(self, model: MultimodalModel) -> None:
-        """A MultimodalModel with at least two modalities (dropping the only one is meaningless)."""
-        super().check(model)
-        if len(model.modalities) < 2:
-            raise InputError(
-                f"modality_dropout: needs a model with at least 2 modalities, this one has {model.modalities}"
-            )
 
     def apply(
         self, model: MultimodalModel, data: DatasetBundle, *, seed: int = 0, quiet: bool = True

@@ -6,7 +6,7 @@ public in full): on a trained late (CI) fusion s₀ = Σ_m z_m − (M−1) log �
 logits per sample, s(W) = Σ_m W_m z_m − (M−1) log π with
 W_m = argmin_W ‖S W G_m‖_F² + γ‖W − I‖_F², S the softmax Jacobian at the undefended fused point.
 The maths and the modes live in :mod:`mmrobust.models.fusion.jr` (the fusion layer) and
-:mod:`mmrobust.defenses.sylvester` (the batched solvers); this module chooses γ and builds the model.
+:mod:`mmrobust.models.fusion.sylvester` (the batched solvers); this module chooses γ and builds the model.
 
 Choosing γ (``gamma="auto"``, our documented criterion). For each γ of ``gammas`` the defended model
 is evaluated on the first ``select_samples`` validation samples, clean and under a cheap adaptive
@@ -23,23 +23,25 @@ The whole sweep is recorded in ``defense_info["selection"]``.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
+from mmrobust.attacks.adaptive import Bpda
 from mmrobust.attacks.base import Condition
 from mmrobust.attacks.pgd import PGD
 from mmrobust.attacks.transfer import Transfer
 from mmrobust.datasets.dataset import DatasetBundle, MultimodalDataset
 from mmrobust.defenses.base import Defense
-from mmrobust.defenses.sylvester import check_gamma
+from mmrobust.defenses.registry import DEFENSES
 from mmrobust.errors import InputError
+from mmrobust.evaluate import evaluate
 from mmrobust.models.base import MultimodalModel
-from mmrobust.models.fusion.jr import JACOBIANS, PRECISIONS, JRFusion, bind_input_jacobians
-from mmrobust.models.fusion.late import LateFusion
+from mmrobust.models.fusion.jr import JACOBIANS, PRECISIONS, JRFusion, bind_input_jacobians, jr_mode
+from mmrobust.models.fusion.sylvester import check_gamma
+from mmrobust.utils.checks import check_int, check_positive
 
 #: The γ grid of methods.md §2.
 DEFAULT_GAMMAS: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
@@ -87,6 +89,7 @@ def set_gamma(model: MultimodalModel, gamma: float) -> None:
     model.config["fusion_kwargs"]["gamma"] = float(gamma)
 
 
+@DEFENSES.register()
 class JR(Defense):
     """Training-free JR defence for late-fusion models (Gao et al., arXiv 2204.02485).
 
@@ -115,6 +118,13 @@ class JR(Defense):
 
     name: ClassVar[str] = "jr"
     kind: ClassVar[str] = "training-free"
+    needs_trained: ClassVar[bool] = True
+    needs_late_fusion: ClassVar[bool] = True
+    late_fusion_reason: ClassVar[str] = (
+        "JR re-weights per-modality logits, so the fused logits must be their sum (Σ_m z_m − (M−1) log π); "
+        "concat, attention, gated or crmt fusions have none to re-weight"
+    )
+    min_modalities: ClassVar[int] = 2
 
     def __init__(
         self,
@@ -141,12 +151,12 @@ class JR(Defense):
             if not select_eps:
                 raise InputError("jr: select_eps dict is empty")
             self.select_eps: float | dict[str, float] = {
-                str(k): _radius(v, f"select_eps[{k!r}]") for k, v in select_eps.items()
+                str(k): check_positive(v, "jr", f"select_eps[{k!r}]") for k, v in select_eps.items()
             }
         else:
-            self.select_eps = _radius(select_eps, "select_eps")
-        self.select_steps = _positive_int(select_steps, "select_steps")
-        self.select_samples = _positive_int(select_samples, "select_samples")
+            self.select_eps = check_positive(select_eps, "jr", "select_eps")
+        self.select_steps = check_int(select_steps, "jr", "select_steps")
+        self.select_samples = check_int(select_samples, "jr", "select_samples")
         if isinstance(max_clean_drop, bool) or not isinstance(max_clean_drop, (int, float)) or not (
             0 <= max_clean_drop <= 1
         ):
@@ -178,8 +188,6 @@ class JR(Defense):
 
         methods.md §2: the reported robust accuracy is the minimum over the three modes, per sample.
         """
-        from mmrobust.attacks.adaptive import Bpda
-
         variants: list[tuple[str, Condition]] = []
         if undefended is not None:
             variants.append(("transfer", Transfer(attack, undefended, source_name="undefended")))
@@ -196,16 +204,6 @@ class JR(Defense):
         super().check(model)
         if isinstance(model.fusion, JRFusion):
             raise InputError("jr: this model is already JR-defended; apply JR to the undefended late-fusion model")
-        if not isinstance(model.fusion, LateFusion):
-            raise InputError(
-                "jr: needs a late-fusion model whose fused logits are a sum of per-modality logits "
-                f"(Σ_m z_m − (M−1) log π, fusion 'late'); this model uses {model.fusion_name!r} fusion, which has "
-                "no per-modality logits to re-weight"
-            )
-        if len(model.modalities) < 2:
-            raise InputError(
-                f"jr: re-weights the logits of several modalities; this model has only {model.modalities}"
-            )
         if isinstance(self.select_eps, dict):
             bad = [m for m in self.select_eps if m not in model.modalities]
             if bad:
@@ -270,9 +268,6 @@ class JR(Defense):
         self, model: MultimodalModel, val: MultimodalDataset, *, seed: int = 0, quiet: bool = True
     ) -> dict[str, Any]:
         """Run the γ sweep on the first ``select_samples`` samples of ``val`` (criterion in the module docstring)."""
-        from mmrobust.evaluate import evaluate
-        from mmrobust.models.fusion.jr import jr_mode
-
         n = min(self.select_samples, len(val))
         subset = val.subset(list(range(n)))
         attacks = self.selection_attacks(model)
@@ -325,18 +320,6 @@ class JR(Defense):
             "undefended": {"clean_val": float(base_clean.mean()), "robust_val": float(base_robust.mean())},
             "sweep": rows,
         }
-
-
-def _radius(v: object, what: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)) or float(v) <= 0:
-        raise InputError(f"jr: {what} must be a finite number > 0, got {v!r}")
-    return float(v)
-
-
-def _positive_int(v: object, what: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise InputError(f"jr: {what} must be a positive integer, got {v!r}")
-    return v
 
 
 __all__ = ["ATTACK_MODES", "DEFAULT_GAMMAS", "JR", "build_jr_model", "set_gamma"]

@@ -56,7 +56,6 @@ Example:
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -69,11 +68,14 @@ from torch import Tensor
 
 from mmrobust.datasets.dataset import DatasetBundle, MultimodalDataset
 from mmrobust.defenses.base import Defense
+from mmrobust.defenses.registry import DEFENSES
 from mmrobust.defenses.training import check_training, supervised_loss, train_copy, training_info, unimodal_weight
 from mmrobust.errors import InputError
+from mmrobust.metrics.geometry import geometry_report
 from mmrobust.models.base import MultimodalModel
 from mmrobust.models.encoders import TextEncoder
 from mmrobust.train import accuracy
+from mmrobust.utils.checks import check_fraction, check_int, check_nonnegative, check_positive
 
 __all__ = [
     "LEVELS",
@@ -99,10 +101,6 @@ _MIN_DENSITY = 1e-6
 
 
 # ------------------------------------------------------------------------------------------ pieces
-def _real(v: Any) -> bool:
-    return not isinstance(v, bool) and isinstance(v, numbers.Real) and math.isfinite(float(v))
-
-
 def mixing_probabilities(values: Any, weighting: str, beta: float = 1.0, min_prob: float = 0.0) -> Tensor:
     """Per-class probability of a sample being mixed, from per-class geometry values (our operationalisation).
 
@@ -125,10 +123,8 @@ def mixing_probabilities(values: Any, weighting: str, beta: float = 1.0, min_pro
     """
     if weighting not in WEIGHTINGS:
         raise InputError(f"unknown weighting {weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
-    if not _real(beta) or beta < 0:
-        raise InputError(f"beta must be a finite number >= 0, got {beta!r}")
-    if not _real(min_prob) or not 0 <= min_prob <= 1:
-        raise InputError(f"min_prob must be in [0, 1], got {min_prob!r}")
+    check_nonnegative(beta, "", "beta")
+    check_fraction(min_prob, "", "min_prob", closed=True)
     v = torch.as_tensor(np.asarray(values, dtype=np.float64))
     if v.dim() != 1 or v.numel() == 0:
         raise InputError(f"values must be one number per class (K,), got shape {tuple(v.shape)}")
@@ -329,8 +325,6 @@ class MixUpObjective:
         ``space="modalities"`` averages the per-class values over every modality's embedding space
         (NaN-aware); ``"fused"`` or a modality name uses that one space.
         """
-        from mmrobust.metrics.geometry import geometry_report
-
         spaces = list(model.modalities) if self.d.space == "modalities" else [self.d.space]
         rep = geometry_report(
             model, val, spaces=spaces, pairs_per_class=self.d.pairs_per_class, k=self.d.k,
@@ -364,6 +358,7 @@ class MixUpObjective:
 
 
 # ------------------------------------------------------------------------------------------ defences
+@DEFENSES.register()
 class MixUp(Defense):
     """Metric-guided mix-up training (GEOM, Li et al., ICASSP 2022, arXiv 2203.12122) — our operationalisation.
 
@@ -428,21 +423,17 @@ class MixUp(Defense):
         train: Mapping[str, Any] | None = None,
     ) -> None:
         n = self.name
-        if not _real(alpha) or alpha <= 0:
-            raise InputError(f"{n}: alpha must be a finite number > 0 (λ ~ Beta(α, α)), got {alpha!r}")
+        check_positive(alpha, n, "alpha", note=" (λ ~ Beta(α, α))")
         if level not in LEVELS:
             raise InputError(f"{n}: unknown level {level!r}; choose one of {', '.join(LEVELS)}")
         if pairing not in PAIRINGS:
             raise InputError(f"{n}: unknown pairing {pairing!r}; choose one of {', '.join(PAIRINGS)}")
         if weighting not in WEIGHTINGS:
             raise InputError(f"{n}: unknown weighting {weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
-        if not _real(beta) or beta < 0:
-            raise InputError(f"{n}: beta must be a finite number >= 0, got {beta!r}")
-        if not _real(min_prob) or not 0 <= min_prob <= 1:
-            raise InputError(f"{n}: min_prob must be in [0, 1], got {min_prob!r}")
+        check_nonnegative(beta, n, "beta")
+        check_fraction(min_prob, n, "min_prob", closed=True)
         for key, v in (("every", every), ("pairs_per_class", pairs_per_class), ("k", k)):
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-                raise InputError(f"{n}: {key} must be an integer >= 1, got {v!r}")
+            check_int(v, n, key)
         if not isinstance(space, str) or not space:
             raise InputError(f"{n}: space must be 'modalities', 'fused' or a modality name, got {space!r}")
         self.alpha = float(alpha)
@@ -508,6 +499,7 @@ class MixUp(Defense):
         return self._mark(trained, info)
 
 
+@DEFENSES.register()
 class PlainMixUp(MixUp):
     """Plain mix-up (Zhang et al., ICLR 2018, arXiv 1710.09412), the baseline of methods.md §6.
 

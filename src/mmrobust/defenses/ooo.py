@@ -38,7 +38,6 @@ confusion matrix (true outcome × argmax o) on clean and single-source attacked 
 from __future__ import annotations
 
 import math
-import numbers
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -54,11 +53,14 @@ from mmrobust.attacks.evade import Evade
 from mmrobust.attacks.pgd import PGD
 from mmrobust.datasets.dataset import DatasetBundle, MultimodalDataset
 from mmrobust.defenses.base import Defense
+from mmrobust.defenses.registry import DEFENSES
 from mmrobust.defenses.training import check_training
 from mmrobust.errors import InputError
 from mmrobust.models.base import MultimodalModel
 from mmrobust.models.fusion.concat import ConcatFusion
 from mmrobust.models.fusion.ooo import detection_confusion, odd_one_out_fusion, odd_one_out_probs
+from mmrobust.train import train
+from mmrobust.utils.checks import check_flag, check_int, check_nonnegative
 
 #: Default training radius per modality *kind*, in MM-Digits units (image: pixel range [0, 1];
 #: audio: normalised log-mel [0, 1]; text: token-embedding units). They are the radii at which a
@@ -82,25 +84,7 @@ _RESERVED: dict[str, str] = {
 }
 
 
-def _number(v: object, what: str, *, minimum: float = 0.0, strict: bool = False) -> float:
-    bad = isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(float(v))
-    if bad or (float(v) <= minimum if strict else float(v) < minimum):
-        raise InputError(f"ooo: {what} must be a finite number {'>' if strict else '>='} {minimum:g}, got {v!r}")
-    return float(v)
-
-
-def _count(v: object, what: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-        raise InputError(f"ooo: {what} must be an integer >= 1, got {v!r}")
-    return int(v)
-
-
-def _flag(v: object, what: str) -> bool:
-    if not isinstance(v, bool):
-        raise InputError(f"ooo: {what} must be True or False, got {v!r}")
-    return v
-
-
+@DEFENSES.register()
 class OddOneOut(Defense):
     """Odd-one-out robust fusion trained on single-source adversarial views (Yang et al., CVPR 2021).
 
@@ -149,6 +133,8 @@ class OddOneOut(Defense):
 
     name: ClassVar[str] = "ooo"
     kind: ClassVar[str] = "training"
+    needs_trained: ClassVar[bool] = True  # swaps the trained model's fusion for the robust layer
+    min_modalities: ClassVar[int] = 2  # an odd one out needs another modality to fall back on
 
     def __init__(
         self,
@@ -177,38 +163,38 @@ class OddOneOut(Defense):
         elif isinstance(eps, Mapping):
             if not eps:
                 raise InputError("ooo: eps must not be an empty dict")
-            self.eps = {str(m): _number(v, f"eps for modality {m!r}") for m, v in eps.items()}
+            self.eps = {str(m): check_nonnegative(v, "ooo", f"eps for modality {m!r}") for m, v in eps.items()}
         else:
-            self.eps = _number(eps, "eps")
+            self.eps = check_nonnegative(eps, "ooo", "eps")
         if norm not in ("linf", "l2"):
             raise InputError(f"ooo: norm must be 'linf' or 'l2', got {norm!r}")
         self.norm = norm
-        self.attack_steps = _count(attack_steps, "attack_steps")
+        self.attack_steps = check_int(attack_steps, "ooo", "attack_steps")
         if attack_modalities not in _ATTACK_MODALITIES:
             raise InputError(
                 f"ooo: attack_modalities must be 'random', 'sample' or 'all', got {attack_modalities!r}"
             )
         self.attack_modalities = attack_modalities
-        self.attack_kappa = _number(attack_kappa, "attack_kappa")
-        self.lam = _number(lam, "lam")
-        self.corruptions = _flag(corruptions, "corruptions")
+        self.attack_kappa = check_nonnegative(attack_kappa, "ooo", "attack_kappa")
+        self.lam = check_nonnegative(lam, "ooo", "lam")
+        self.corruptions = check_flag(corruptions, "ooo", "corruptions")
         sev = tuple(corruption_severities) if isinstance(corruption_severities, Sequence) else ()
         if not sev or not all(isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= 5 for s in sev):
             raise InputError(f"ooo: corruption_severities must be a non-empty list of integers in 1..5, got "
                              f"{corruption_severities!r}")
         self.corruption_severities = sev
-        self.task_trains_detector = _flag(task_trains_detector, "task_trains_detector")
-        self.freeze_encoders = _flag(freeze_encoders, "freeze_encoders")
-        self.warm_start = _flag(warm_start, "warm_start")
-        self.hidden = None if hidden is None else _count(hidden, "hidden")
-        self.detector_hidden = _count(detector_hidden, "detector_hidden")
-        self.detector_layers = _count(detector_layers, "detector_layers")
+        self.task_trains_detector = check_flag(task_trains_detector, "ooo", "task_trains_detector")
+        self.freeze_encoders = check_flag(freeze_encoders, "ooo", "freeze_encoders")
+        self.warm_start = check_flag(warm_start, "ooo", "warm_start")
+        self.hidden = None if hidden is None else check_int(hidden, "ooo", "hidden")
+        self.detector_hidden = check_int(detector_hidden, "ooo", "detector_hidden")
+        self.detector_layers = check_int(detector_layers, "ooo", "detector_layers")
         self.epochs, self.train = check_training(self.name, epochs, train, reserved=_RESERVED,
                                                  defaults=TRAIN_DEFAULTS)
         if select not in _SELECT:
             raise InputError(f"ooo: select must be 'robust' or 'clean', got {select!r}")
         self.select = select
-        self.select_samples = _count(select_samples, "select_samples")
+        self.select_samples = check_int(select_samples, "ooo", "select_samples")
 
     def params(self) -> dict[str, Any]:
         """All hyper-parameters (``eps="auto"``: :data:`DEFAULT_EPS` by modality kind)."""
@@ -253,11 +239,6 @@ class OddOneOut(Defense):
     def check(self, model: MultimodalModel) -> None:
         """A multimodal model (>= 2 modalities) and a training radius for each of its modalities."""
         super().check(model)
-        if len(model.modalities) < 2:
-            raise InputError(
-                f"ooo: odd-one-out fusion needs a model with at least two modalities; this one has only "
-                f"{model.modalities} (there is no other modality to fall back on)"
-            )
         self.radii(model)
 
     def radii(self, model: MultimodalModel) -> dict[str, float]:
@@ -446,7 +427,6 @@ class OddOneOut(Defense):
         missing = [m for m in model.modalities if m not in data.spec]
         if missing:
             raise InputError(f"ooo: the data has no modality {missing[0]!r}; the model needs {model.modalities}")
-        from mmrobust.train import train
 
         t0 = time.perf_counter()
         robust, warm = self._build(model, data, seed)

@@ -35,6 +35,7 @@ from mmrobust.defenses.base import Defense
 from mmrobust.errors import InputError
 from mmrobust.models.base import MultimodalModel
 from mmrobust.train import Objective, TrainConfig, TrainResult, train
+from mmrobust.utils.checks import check_int
 
 __all__ = [
     "TRAIN_KEYS",
@@ -112,8 +113,7 @@ def check_training(
     Raises:
         InputError: naming the bad value or key (an unknown key comes with the accepted ones).
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
-        raise InputError(f"{defense}: epochs must be an integer >= 1, got {epochs!r}")
+    check_int(epochs, defense, "epochs")
     if train_kwargs is None:
         train_kwargs = {}
     if not isinstance(train_kwargs, Mapping):
@@ -216,8 +216,7 @@ def train_copy(
     """
     if not isinstance(data, DatasetBundle):
         raise InputError(f"{defense.name}: needs a DatasetBundle (mr.datasets.load(...)), got {type(data).__name__}")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise InputError(f"{defense.name}: seed must be an integer, got {seed!r}")
+    check_int(seed, defense.name, "seed", minimum=None)
     trained = copy.deepcopy(model)
     cfg = {**train_kwargs, **config, "epochs": epochs, "seed": int(seed), "quiet": bool(quiet)}
     result = train(trained, data, cfg, objective=objective, score=score)

@@ -4,7 +4,8 @@ Metrics follow the torchmetrics shape: ``update`` with each batch, ``compute`` f
 ``reset`` to start over; their states reduce across ``torch.distributed`` ranks (``sync``, done
 inside ``compute`` when a process group is initialised). Every metric has a functional twin in
 :mod:`mmrobust.metrics.functional`, and :mod:`mmrobust.metrics.results` computes them from an
-:func:`mmrobust.evaluate` result. See ``docs/metrics.md``.
+:func:`mmrobust.evaluate` result. See ``docs/metrics.md``. Procedures that run attacks themselves
+(modality preference, minimal ε by bisection) are in :mod:`mmrobust.analysis`.
 
 Example:
     >>> import torch
@@ -41,8 +42,7 @@ from mmrobust.metrics.geometry import (
     sample_class_pairs,
 )
 from mmrobust.metrics.matrix import ModalityMatrix, ModalityPerturbationMatrix, subset_label
-from mmrobust.metrics.minimal_eps import MinimalEps, MinimalEpsResult, MinimalEpsSearch, minimal_eps
-from mmrobust.metrics.preference import ModalityPreference, modality_preference, preference_rows
+from mmrobust.metrics.minimal_eps import MinimalEps, MinimalEpsResult
 
 __all__ = [
     "Accuracy",
@@ -57,10 +57,8 @@ __all__ = [
     "Metric",
     "MinimalEps",
     "MinimalEpsResult",
-    "MinimalEpsSearch",
     "ModalityMatrix",
     "ModalityPerturbationMatrix",
-    "ModalityPreference",
     "RobustAccuracy",
     "RobustnessSummary",
     "SpaceGeometry",
@@ -69,9 +67,6 @@ __all__ = [
     "density",
     "functional",
     "geometry_report",
-    "minimal_eps",
-    "modality_preference",
-    "preference_rows",
     "results",
     "sample_class_pairs",
     "subset_label",

@@ -23,20 +23,13 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
 from mmrobust.errors import InputError
+from mmrobust.utils import dist
+from mmrobust.utils.checks import check_flag
 
 REDUCTIONS: tuple[str, ...] = ("sum", "max", "min", "cat")
-_MAX_DIMS = 8  # trailing dimensions a cat state may have (shape exchange uses a fixed-size header)
-
-
-def distributed_ready(process_group: Any = None) -> bool:
-    """Whether ``torch.distributed`` is initialised with more than one rank in ``process_group``."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return False
-    return dist.get_world_size(process_group) > 1
 
 
 class Metric(ABC):
@@ -62,8 +55,7 @@ class Metric(ABC):
     """
 
     def __init__(self, *, sync_on_compute: bool = True, process_group: Any = None) -> None:
-        if not isinstance(sync_on_compute, bool):
-            raise InputError(f"sync_on_compute must be True or False, got {sync_on_compute!r}")
+        check_flag(sync_on_compute, "", "sync_on_compute")
         self.sync_on_compute = sync_on_compute
         self.process_group = process_group
         self._defaults: dict[str, Tensor] = {}
@@ -87,8 +79,8 @@ class Metric(ABC):
             raise InputError(f"state {name!r}: default must be a tensor, got {type(default).__name__}")
         if reduce == "cat" and (default.dim() == 0 or default.shape[0] != 0):
             raise InputError(f"state {name!r}: a cat state starts empty, shape (0, ...), got {tuple(default.shape)}")
-        if reduce == "cat" and default.dim() - 1 > _MAX_DIMS:
-            raise InputError(f"state {name!r}: at most {_MAX_DIMS} trailing dimensions")
+        if reduce == "cat" and default.dim() - 1 > dist.MAX_TRAILING_DIMS:
+            raise InputError(f"state {name!r}: at most {dist.MAX_TRAILING_DIMS} trailing dimensions")
         self._defaults[name] = default.detach().clone()
         self._reductions[name] = reduce
         self._state[name] = [] if reduce == "cat" else default.detach().clone()
@@ -130,7 +122,7 @@ class Metric(ABC):
 
     def compute(self) -> Any:
         """The metric value over everything seen since the last :meth:`reset` (on every rank)."""
-        if self.sync_on_compute and self._backup is None and distributed_ready(self.process_group):
+        if self.sync_on_compute and self._backup is None and dist.ready(self.process_group):
             self.sync()
             try:
                 return self._compute()
@@ -183,20 +175,16 @@ class Metric(ABC):
             self.
         """
         group = process_group if process_group is not None else self.process_group
-        if not distributed_ready(group):
+        if not dist.ready(group):
             return self
         if self._backup is not None:
             raise InputError(f"{type(self).__name__} is already synced; call unsync() first")
         self._backup = {k: (list(v) if isinstance(v, list) else v.clone()) for k, v in self._state.items()}
         for name, reduce in self._reductions.items():
             if reduce == "cat":
-                self._state[name] = [_gather_cat(self.state(name), group)]
+                self._state[name] = [dist.gather_cat(self.state(name), group)]
             else:
-                t = self._state[name].clone()
-                op = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[reduce]
-                transport = t.to(torch.uint8) if t.dtype == torch.bool else t
-                dist.all_reduce(transport, op=op, group=group)
-                self._state[name] = transport.to(t.dtype)
+                self._state[name] = dist.all_reduce(self._state[name], reduce, group)
         return self
 
     def unsync(self) -> Metric:
@@ -208,30 +196,3 @@ class Metric(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
-
-
-def _gather_cat(t: Tensor, group: Any) -> Tensor:
-    """All-gather a (n_r, ...) tensor from every rank (n_r may differ, trailing shapes must agree)."""
-    world = dist.get_world_size(group)
-    header = torch.zeros(2 + _MAX_DIMS, dtype=torch.long, device=t.device)
-    header[0] = t.shape[0]
-    header[1] = t.dim()
-    header[2 : 2 + t.dim() - 1] = torch.tensor(t.shape[1:], dtype=torch.long)
-    headers = [torch.zeros_like(header) for _ in range(world)]
-    dist.all_gather(headers, header, group=group)
-    trailing = [tuple(int(d) for d in h[2 : 2 + int(h[1]) - 1]) for h in headers]
-    filled = [tr for h, tr in zip(headers, trailing, strict=True) if int(h[0]) > 0]
-    if filled and any(tr != filled[0] for tr in filled):
-        raise InputError(f"cat state: ranks hold per-sample values of different shapes {sorted(set(trailing))}")
-    per = 1
-    for d in t.shape[1:]:
-        per *= int(d)
-    rows = [int(h[0]) for h in headers]
-    most = max(rows) * per
-    transport_dtype = torch.uint8 if t.dtype == torch.bool else t.dtype
-    flat = torch.zeros(most, dtype=transport_dtype, device=t.device)
-    flat[: t.numel()] = t.reshape(-1).to(transport_dtype)
-    bufs = [torch.zeros_like(flat) for _ in range(world)]
-    dist.all_gather(bufs, flat, group=group)
-    parts = [b[: r * per].reshape(r, *t.shape[1:]).to(t.dtype) for b, r in zip(bufs, rows, strict=True)]
-    return torch.cat(parts, 0)

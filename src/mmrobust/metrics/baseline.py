@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from mmrobust.errors import InputError
+from mmrobust.utils.checks import check_flag
 
 METHODS: tuple[str, ...] = ("interpolate", "fit")
 SCALES: tuple[str, ...] = ("linear", "logit")
@@ -79,8 +80,7 @@ class BaselineCurve:
             raise InputError(f"baseline method must be one of {METHODS}, got {method!r}")
         if scale not in SCALES:
             raise InputError(f"baseline scale must be one of {SCALES}, got {scale!r}")
-        if not isinstance(extrapolate, bool):
-            raise InputError(f"extrapolate must be True or False, got {extrapolate!r}")
+        check_flag(extrapolate, "", "extrapolate")
         c = torch.as_tensor(clean, dtype=torch.float64).reshape(-1)
         r = torch.as_tensor(robust, dtype=torch.float64).reshape(-1)
         if c.shape != r.shape:

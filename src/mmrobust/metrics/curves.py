@@ -25,6 +25,7 @@ from mmrobust.errors import InputError
 from mmrobust.metrics import functional as F
 from mmrobust.metrics.accuracy import RobustnessSummary
 from mmrobust.metrics.base import Metric
+from mmrobust.utils.checks import check_flag
 
 
 @dataclass
@@ -71,8 +72,7 @@ class AccuracyCurve(Metric):
     def __init__(self, x: Sequence[float] | Tensor, *, normalize: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.x = F._check_curve_x(x)
-        if not isinstance(normalize, bool):
-            raise InputError(f"normalize must be True or False, got {normalize!r}")
+        check_flag(normalize, "", "normalize")
         self.normalize = normalize
         self.add_state("total", torch.zeros((), dtype=torch.long), "sum")
         self.add_state("correct", torch.zeros(self.x.numel(), dtype=torch.long), "sum")

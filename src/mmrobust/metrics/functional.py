@@ -31,7 +31,7 @@ from torch import Tensor
 from mmrobust.errors import InputError
 from mmrobust.metrics.baseline import BaselineCurve
 from mmrobust.metrics.matrix import modality_perturbation_matrix
-from mmrobust.metrics.minimal_eps import minimal_eps
+from mmrobust.utils.checks import check_flag
 
 Baseline = BaselineCurve | Callable[[Tensor], Any] | tuple[Sequence[float], Sequence[float]]
 
@@ -176,8 +176,7 @@ def auc(x: Any, y: Any, *, normalize: bool = True) -> Tensor:
     Returns:
         (...) float64 tensor.
     """
-    if not isinstance(normalize, bool):
-        raise InputError(f"normalize must be True or False, got {normalize!r}")
+    check_flag(normalize, "", "normalize")
     xs = _check_curve_x(x)
     ys = _tensor(y, "y").to(torch.float64)
     if ys.dim() == 0 or ys.shape[-1] != xs.numel():
@@ -238,7 +237,6 @@ __all__ = [
     "correct",
     "effective_robustness",
     "first_failure",
-    "minimal_eps",
     "modality_perturbation_matrix",
     "robust_accuracy",
     "worst_case",

@@ -44,7 +44,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mmrobust.datasets.dataset import MultimodalDataset
 from mmrobust.errors import InputError
+from mmrobust.models.base import MultimodalModel
+from mmrobust.utils.checks import check_int
 
 __all__ = [
     "ConvexityResult",
@@ -69,18 +72,6 @@ _BLOCK_ELEMENTS = 1 << 23
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def _positive_int(name: str, v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
-        raise InputError(f"{name} must be a positive integer, got {v!r}")
-    return int(v)
-
-
-def _check_seed(seed: Any) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
-        raise InputError(f"seed must be an integer, got {seed!r}")
-    return int(seed)
-
-
 def _check_matrix(name: str, z: Any, n: int | None = None) -> Tensor:
     if not isinstance(z, Tensor):
         raise InputError(f"{name} must be a torch.Tensor of shape (N, D), got {type(z).__name__}")
@@ -109,7 +100,7 @@ def _check_labels(labels: Any, n: int, num_classes: int | None) -> tuple[Tensor,
     top = int(labels.max()) + 1 if n else 0
     if num_classes is None:
         num_classes = max(top, 1)
-    num_classes = _positive_int("num_classes", num_classes)
+    num_classes = check_int(num_classes, "", "num_classes")
     if top > num_classes:
         raise InputError(f"labels must lie in [0, {num_classes}), got {top - 1}")
     return labels, num_classes
@@ -218,7 +209,7 @@ def sample_class_pairs(
         ``(a, b, lam, cls)``: CPU tensors of shape (P,): endpoint indices into ``labels`` (int64),
         λ (float32) and the pair's class (int64), grouped by class.
     """
-    pairs_per_class = _positive_int("pairs_per_class", pairs_per_class)
+    pairs_per_class = check_int(pairs_per_class, "", "pairs_per_class")
     if not isinstance(generator, torch.Generator):
         raise InputError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     if not isinstance(labels, Tensor):
@@ -362,14 +353,14 @@ def convexity(
         InputError: Malformed embeddings / labels / logits, bad hyper-parameters, or no class with
             at least 2 samples.
     """
-    pairs_per_class = _positive_int("pairs_per_class", pairs_per_class)
-    batch_size = _positive_int("batch_size", batch_size)
+    pairs_per_class = check_int(pairs_per_class, "", "pairs_per_class")
+    batch_size = check_int(batch_size, "", "batch_size")
     if not callable(downstream):
         raise InputError(f"downstream must be callable (embeddings -> logits), got {type(downstream).__name__}")
     zs, n = _as_space(z, space)
     labels, num_classes = _check_labels(labels, n, num_classes)
     if generator is None:
-        generator = torch.Generator().manual_seed(_check_seed(seed))
+        generator = torch.Generator().manual_seed(check_int(seed, "", "seed", minimum=None))
     a, b, lam, cls = sample_class_pairs(labels, pairs_per_class, generator, num_classes)
     if a.numel() == 0:
         raise InputError("convexity needs at least one class with 2 or more samples")
@@ -513,12 +504,12 @@ def density(
         InputError: Malformed inputs, k ≥ N, too many points, or (``"error"``) a class of 2..k
             samples.
     """
-    k = _positive_int("k", k)
-    max_points = _positive_int("max_points", max_points)
+    k = check_int(k, "", "k")
+    max_points = check_int(max_points, "", "max_points")
     if small_classes not in ("error", "shrink"):
         raise InputError(f"small_classes must be 'error' or 'shrink', got {small_classes!r}")
     if chunk_size is not None:
-        chunk_size = _positive_int("chunk_size", chunk_size)
+        chunk_size = check_int(chunk_size, "", "chunk_size")
     z = _check_matrix("z", z)
     n = int(z.shape[0])
     labels, num_classes = _check_labels(labels, n, num_classes)
@@ -717,9 +708,6 @@ def geometry_report(
     Returns:
         A :class:`GeometryReport` (``.table()``, ``.rows()``, ``.to_dict()``).
     """
-    from mmrobust.datasets.dataset import MultimodalDataset
-    from mmrobust.models.base import MultimodalModel
-
     if not isinstance(model, MultimodalModel):
         raise InputError(f"geometry_report() needs a mmrobust MultimodalModel, got {type(model).__name__}")
     if not isinstance(dataset, MultimodalDataset):
@@ -741,10 +729,10 @@ def geometry_report(
         raise InputError(f"duplicate spaces: {spaces}")
     if not spaces:
         raise InputError("spaces must name at least one space")
-    seed = _check_seed(seed)
-    batch_size = _positive_int("batch_size", batch_size)
-    _positive_int("pairs_per_class", pairs_per_class)
-    _positive_int("k", k)
+    seed = check_int(seed, "", "seed", minimum=None)
+    batch_size = check_int(batch_size, "", "batch_size")
+    check_int(pairs_per_class, "", "pairs_per_class")
+    check_int(k, "", "k")
     if len(dataset) == 0:
         raise InputError("the dataset split is empty")
 

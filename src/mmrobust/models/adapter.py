@@ -51,6 +51,7 @@ from torch import Tensor, nn
 from mmrobust.errors import InputError, MMRobustError, UnsupportedError
 from mmrobust.models.base import MultimodalModel
 from mmrobust.spec import DatasetSpec, ModalitySpec
+from mmrobust.utils.checks import check_flag
 
 CALLS: tuple[str, ...] = ("positional", "dict")
 
@@ -120,8 +121,7 @@ class ModelAdapter(MultimodalModel):
         if output is not None and not callable(output):
             raise InputError(f"adapter: output must be a function of the module's output, got {output!r}")
         for flag, what in ((supports_drop, "supports_drop"), (probe, "probe")):
-            if not isinstance(flag, bool):
-                raise InputError(f"adapter: {what} must be True or False, got {flag!r}")
+            check_flag(flag, "adapter", what)
         names = _check_order(order, spec)
         self.module = module
         self.spec = replace(spec, modalities=tuple(spec[m] for m in names))

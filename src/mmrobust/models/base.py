@@ -20,6 +20,7 @@ from mmrobust.errors import InputError, UnsupportedError
 from mmrobust.models.encoders import TextEncoder, create_encoder
 from mmrobust.models.fusion import FUSIONS, Fusion
 from mmrobust.spec import DatasetSpec
+from mmrobust.utils.checks import check_int
 
 
 class MultimodalModel(nn.Module):
@@ -47,8 +48,7 @@ class MultimodalModel(nn.Module):
         encoder_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(embed_dim, int) or embed_dim < 1:
-            raise InputError(f"embed_dim must be a positive integer, got {embed_dim!r}")
+        check_int(embed_dim, "", "embed_dim")
         names = spec.resolve_modalities(modalities)
         self.spec = spec.subset(names)
         encoder_kwargs = dict(encoder_kwargs or {})

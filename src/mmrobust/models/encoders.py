@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from mmrobust.errors import InputError
 from mmrobust.registry import Registry
 from mmrobust.spec import ModalitySpec
+from mmrobust.utils.checks import check_int
 
 ENCODERS: Registry[nn.Module] = Registry("encoder")
 
@@ -183,6 +184,5 @@ class FeatureEncoder(nn.Module):
 
 def create_encoder(spec: ModalitySpec, embed_dim: int, **kwargs: Any) -> nn.Module:
     """Build the default encoder for ``spec.kind``."""
-    if embed_dim < 1:
-        raise InputError(f"embed_dim must be a positive integer, got {embed_dim}")
+    check_int(embed_dim, "", "embed_dim")
     return ENCODERS.create(spec.kind, spec, embed_dim=embed_dim, **kwargs)

@@ -9,6 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy
+import torch
+
+from mmrobust.version import __version__
+
 
 @functools.lru_cache(maxsize=1)
 def git_sha() -> str | None:
@@ -32,11 +37,6 @@ def git_sha() -> str | None:
 
 def versions() -> dict[str, str]:
     """Versions of Python, mmrobust and its main dependencies."""
-    import numpy
-    import torch
-
-    from mmrobust import __version__
-
     return {
         "mmrobust": __version__,
         "python": platform.python_version(),
@@ -47,8 +47,6 @@ def versions() -> dict[str, str]:
 
 def provenance() -> dict[str, Any]:
     """Versions, git SHA, platform and thread count."""
-    import torch
-
     return {
         "versions": versions(),
         "git_sha": git_sha(),

@@ -29,13 +29,13 @@ import torch
 from torch import Tensor
 
 from mmrobust.attacks.corruptions.base import (
+    CORRUPTIONS,
     CorruptionKind,
     bounded,
     clip,
     per_sample,
     rand,
     randn,
-    register_kind,
     value_range,
 )
 from mmrobust.spec import ModalitySpec
@@ -113,7 +113,7 @@ class AudioKind(CorruptionKind):
         return reason
 
 
-@register_kind
+@CORRUPTIONS.register()
 class Noise(AudioKind):
     """Stationary white noise at a target SNR (dB), per sample.
 
@@ -136,7 +136,7 @@ class Noise(AudioKind):
         return mix_wave(x, randn(x.shape, generator, x), snr, spec)
 
 
-@register_kind
+@CORRUPTIONS.register()
 class TimeShift(AudioKind):
     """Shift along time by ``ceil(f·T)`` steps, direction random per sample; silence comes in.
 
@@ -162,7 +162,7 @@ class TimeShift(AudioKind):
         return silenced(out, ~valid.view(lead), spec)
 
 
-@register_kind
+@CORRUPTIONS.register()
 class Gain(AudioKind):
     """Loudness change of ±g dB, sign random per sample.
 
@@ -185,7 +185,7 @@ class Gain(AudioKind):
         return clip(x * torch.pow(10.0, g / 20.0), spec).to(x.dtype)
 
 
-@register_kind
+@CORRUPTIONS.register()
 class TimeMask(AudioKind):
     """SpecAugment-style time mask: ``ceil(f·T)`` consecutive steps set to silence.
 
@@ -206,7 +206,7 @@ class TimeMask(AudioKind):
         return silenced(x, mask, spec)
 
 
-@register_kind
+@CORRUPTIONS.register()
 class FreqMask(AudioKind):
     """SpecAugment-style frequency mask: a band of ``ceil(f·F)`` frequencies removed.
 
@@ -237,7 +237,7 @@ class FreqMask(AudioKind):
         return clip(torch.fft.irfft(spectrum, n=t, dim=-1), spec).to(x.dtype)
 
 
-@register_kind
+@CORRUPTIONS.register()
 class Background(AudioKind):
     """A synthetic non-stationary background (hum and coloured noise) mixed in at a target SNR (dB).
 

@@ -26,7 +26,7 @@ import difflib
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import ClassVar, TypeVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -104,25 +104,20 @@ class CorruptionKind(ABC):
 
 
 #: Registry of corruption kinds (name -> class); see :func:`kinds_for`.
-CORRUPTIONS: Registry[CorruptionKind] = Registry("corruption kind")
-_ORDER: list[str] = []
-
-K = TypeVar("K", bound=type[CorruptionKind])
-
-
-def register_kind(cls: K) -> K:
-    """Class decorator: register a :class:`CorruptionKind` under its ``name`` (keeps table order)."""
+def _check_kind(cls: type[CorruptionKind]) -> None:
+    """Refuse a kind without five levels or a known modality kind (run at registration)."""
     if len(cls.levels) != len(SEVERITIES) or cls.modality not in MODALITY_KINDS:
         raise ValueError(f"corruption kind {cls.__name__} needs {len(SEVERITIES)} levels and a modality kind")
-    CORRUPTIONS.register(cls.name)(cls)
-    _ORDER.append(cls.name)
-    return cls
+
+
+#: Corruption kinds, registered at their definition with ``@CORRUPTIONS.register()`` (documentation order).
+CORRUPTIONS: Registry[CorruptionKind] = Registry("corruption kind", check=_check_kind)
 
 
 def all_kinds(modality: str | None = None) -> list[str]:
     """Registered kind names in documentation order, optionally only those of one modality kind."""
     mods = MODALITY_KINDS if modality is None else (modality,)
-    return [n for m in mods for n in _ORDER if CORRUPTIONS.get(n).modality == m]
+    return [n for m in mods for n in CORRUPTIONS.ordered() if CORRUPTIONS.get(n).modality == m]
 
 
 def get_kind(name: str) -> CorruptionKind:
@@ -130,7 +125,7 @@ def get_kind(name: str) -> CorruptionKind:
     try:
         return CORRUPTIONS.get(name)()
     except UnknownNameError:
-        extra = suggest(str(name), _ORDER)
+        extra = suggest(str(name), CORRUPTIONS.ordered())
         listing = "; ".join(f"{m}: {', '.join(all_kinds(m))}" for m in MODALITY_KINDS)
         raise InputError(f"corruption: unknown kind {name!r}.{extra} Kinds — {listing}") from None
 

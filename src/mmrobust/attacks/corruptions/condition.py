@@ -10,10 +10,12 @@ from torch import Tensor
 
 from mmrobust.attacks.base import Condition, ConditionOutput, EvalContext
 from mmrobust.attacks.corruptions.base import check_severity, get_kind, kind_mismatch_message
+from mmrobust.attacks.registry import ATTACKS
 from mmrobust.errors import InputError
 from mmrobust.models.base import MultimodalModel
 
 
+@ATTACKS.register()
 class Corruption(Condition):
     """Evaluate under a random (or fixed) common corruption of the listed modalities.
 

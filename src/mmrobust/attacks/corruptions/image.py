@@ -17,13 +17,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mmrobust.attacks.corruptions.base import (
+    CORRUPTIONS,
     CorruptionKind,
     bounded,
     clip,
     per_sample,
     rand,
     randn,
-    register_kind,
     value_range,
 )
 from mmrobust.spec import ModalitySpec
@@ -44,7 +44,7 @@ class ImageKind(CorruptionKind):
         return reason
 
 
-@register_kind
+@CORRUPTIONS.register()
 class GaussianNoise(ImageKind):
     """Additive Gaussian noise: x' = clip(x + σ·(high − low)·z), z ~ N(0, I) per coordinate."""
 
@@ -59,7 +59,7 @@ class GaussianNoise(ImageKind):
         return clip(x + self.level(severity) * value_range(spec) * z, spec).to(x.dtype)
 
 
-@register_kind
+@CORRUPTIONS.register()
 class Blur(ImageKind):
     """Gaussian blur of standard deviation σ pixels (separable kernel of radius ⌈3σ⌉, edges replicated).
 
@@ -87,7 +87,7 @@ class Blur(ImageKind):
         return clip(img.reshape(x.shape), spec).to(x.dtype)
 
 
-@register_kind
+@CORRUPTIONS.register()
 class Occlusion(ImageKind):
     """A rectangular patch of one uniform random value in [low, high] (all channels).
 
@@ -115,7 +115,7 @@ class Occlusion(ImageKind):
         return clip(torch.where(mask, fill.to(x.dtype), x), spec)
 
 
-@register_kind
+@CORRUPTIONS.register()
 class Contrast(ImageKind):
     """Contrast reduction: x' = μ + c·(x − μ), μ the sample's mean over all its coordinates. Not random."""
 
@@ -131,7 +131,7 @@ class Contrast(ImageKind):
         return clip(mu + self.level(severity) * (x - mu), spec).to(x.dtype)
 
 
-@register_kind
+@CORRUPTIONS.register()
 class Brightness(ImageKind):
     """Brightness increase: x' = clip(x + b·(high − low)). Not random."""
 
@@ -146,7 +146,7 @@ class Brightness(ImageKind):
         return clip(x + self.level(severity) * value_range(spec), spec).to(x.dtype)
 
 
-@register_kind
+@CORRUPTIONS.register()
 class SaltPepper(ImageKind):
     """Impulse noise: a fraction p of pixel positions set to ``high`` or ``low`` (even odds, all channels).
 

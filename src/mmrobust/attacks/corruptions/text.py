@@ -21,7 +21,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from mmrobust.attacks.corruptions.base import CorruptionKind, rand, register_kind
+from mmrobust.attacks.corruptions.base import CORRUPTIONS, CorruptionKind, rand
 from mmrobust.spec import ModalitySpec
 
 
@@ -55,7 +55,7 @@ class TextKind(CorruptionKind):
         return content(x, spec) & (u < self.level(severity))
 
 
-@register_kind
+@CORRUPTIONS.register()
 class CharSwap(TextKind):
     """Swap adjacent characters (tokens), each candidate pair with probability p.
 
@@ -87,7 +87,7 @@ class CharSwap(TextKind):
         return torch.gather(x, 1, idx)
 
 
-@register_kind
+@CORRUPTIONS.register()
 class CharDelete(TextKind):
     """Delete characters (tokens), each content token with probability p; shift left and pad the end.
 
@@ -113,7 +113,7 @@ class CharDelete(TextKind):
         return out.masked_fill(pos[None, :] >= keep.sum(1, keepdim=True), spec.pad_id)
 
 
-@register_kind
+@CORRUPTIONS.register()
 class TokenDropout(TextKind):
     """Token dropout: each content token replaced by ``pad_id`` with probability p (positions kept).
 
@@ -133,7 +133,7 @@ class TokenDropout(TextKind):
         return x.masked_fill(self.hits(x, spec, u, severity), spec.pad_id)
 
 
-@register_kind
+@CORRUPTIONS.register()
 class TokenReplace(TextKind):
     """Replace each content token with probability p by a uniformly random other non-pad id.
 

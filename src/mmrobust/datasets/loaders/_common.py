@@ -101,20 +101,6 @@ def integer_labels(y: Any, where: str, n: int | None = None, *, what: str = "sam
     return a.astype(np.int64)
 
 
-def check_fraction(v: object, what: str) -> float:
-    """A number in [0, 1)."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) < 1.0:
-        raise InputError(f"{what} must be a number in [0, 1), got {v!r}")
-    return float(v)
-
-
-def check_seed(seed: object) -> int:
-    """A non-negative integer seed."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise InputError(f"seed must be a non-negative integer, got {seed!r}")
-    return int(seed)
-
-
 def stratified_split(labels: np.ndarray, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
     """Split sample indices into parts of the given fractions, stratified by class, deterministically.
 

@@ -44,16 +44,16 @@ import numpy as np
 from mmrobust.datasets.dataset import DatasetBundle
 from mmrobust.datasets.loaders._common import (
     build_bundle,
-    check_fraction,
-    check_seed,
     data_range,
     existing,
     integer_labels,
     stratified_split,
     to_float32,
 )
+from mmrobust.datasets.registry import DATASETS, EXAMPLES
 from mmrobust.errors import CacheError, InputError, UnsupportedError
 from mmrobust.spec import KINDS, DatasetSpec, ModalitySpec
+from mmrobust.utils.checks import check_fraction, check_int, check_positive, check_seed
 
 FORMATS: tuple[str, ...] = ("npz", "hdf5")
 SUFFIXES = {".npz": "npz", ".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf5", ".he5": "hdf5"}
@@ -155,8 +155,7 @@ def _modality_options(modalities: object, available: list[str], path: Path) -> d
         if "kind" in opt and opt["kind"] not in KINDS:
             raise InputError(f"modality {m!r}: kind {opt['kind']!r} not in {KINDS}")
         scale = opt.get("scale", 1.0)
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not np.isfinite(scale) or scale <= 0:
-            raise InputError(f"modality {m!r}: scale must be a positive number, got {scale!r}")
+        check_positive(scale, f"modality {m!r}", "scale")
         out[m] = dict(opt)
     return out
 
@@ -261,6 +260,34 @@ def _split_ids(raw: np.ndarray, where: str, n: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------ loader
+@EXAMPLES.register("npz", format="npz")
+@EXAMPLES.register("hdf5", format="hdf5")
+def example(folder: str | os.PathLike[str], format: str = "npz", n: int = 90, seed: int = 0) -> dict[str, Any]:
+    """Write a small random file with one array per modality under ``folder``; the load kwargs.
+
+    ``photo`` (N, 3, 4, 4) floats in [0, 1] (an image), ``tokens`` (N, 5) integer ids (text),
+    ``sensor`` (N, 6) floats (features) and ``labels`` (N,) over 3 classes; ``format="hdf5"`` needs h5py.
+    """
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "photo": rng.random((n, 3, 4, 4)).astype(np.float32),
+        "tokens": rng.integers(0, 7, (n, 5)),
+        "sensor": rng.normal(size=(n, 6)).astype(np.float32),
+        "labels": np.arange(n) % 3,
+    }
+    path = Path(folder) / f"example.{'npz' if format == 'npz' else 'h5'}"
+    if format == "npz":
+        np.savez(path, **arrays)
+    else:
+        h5py = _import_h5py()
+        with h5py.File(path, "w") as f:
+            for k, v in arrays.items():
+                f[k] = v
+    return {"path": str(path)}
+
+
+@DATASETS.register("npz", format="npz")
+@DATASETS.register("hdf5", format="hdf5")
 def load_arrays(
     path: str | os.PathLike[str],
     *,
@@ -313,12 +340,11 @@ def load_arrays(
         raise InputError(f"format must be one of {FORMATS}, got {format!r}")
     if nan not in ("raise", "zero"):
         raise InputError(f"nan must be 'raise' or 'zero', got {nan!r}")
-    val_fraction = check_fraction(val_fraction, "val_fraction")
-    test_fraction = check_fraction(test_fraction, "test_fraction")
+    val_fraction = check_fraction(val_fraction, "", "val_fraction")
+    test_fraction = check_fraction(test_fraction, "", "test_fraction")
     seed = check_seed(seed)
-    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
-                                    or num_classes < 2):
-        raise InputError(f"num_classes must be an integer >= 2 or None, got {num_classes!r}")
+    if num_classes is not None:
+        check_int(num_classes, "", "num_classes", minimum=2, note=" or None")
 
     with _open(p, format) as src:
         per_split = any(k.startswith("train/") for k in src.keys)

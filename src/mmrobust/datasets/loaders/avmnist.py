@@ -42,8 +42,6 @@ import numpy as np
 from mmrobust.datasets.dataset import DatasetBundle
 from mmrobust.datasets.loaders._common import (
     build_bundle,
-    check_fraction,
-    check_seed,
     data_range,
     existing,
     integer_labels,
@@ -51,8 +49,10 @@ from mmrobust.datasets.loaders._common import (
     take,
     to_float32,
 )
+from mmrobust.datasets.registry import DATASETS, EXAMPLES
 from mmrobust.errors import CacheError, InputError
 from mmrobust.spec import DatasetSpec, ModalitySpec
+from mmrobust.utils.checks import check_fraction, check_int, check_seed
 
 NORMALIZE = ("auto", "255", "none")
 VAL_SPLITS = ("seeded", "tail")
@@ -97,6 +97,30 @@ def _per_sample(a: np.ndarray, modality: str, where: str) -> np.ndarray:
     )
 
 
+@EXAMPLES.register("avmnist")
+def example(folder: str | os.PathLike[str], n_train: int = 60, n_test: int = 20, seed: int = 0) -> dict[str, Any]:
+    """Write a small random AV-MNIST folder in MultiBench's layout under ``folder``; the load kwargs.
+
+    ``image/{train,test}_data.npy`` (N, 784) and ``audio/{train,test}_data.npy`` (N, 112, 112), values
+    0..255, and ``{train,test}_labels.npy``.
+    """
+    rng = np.random.default_rng(seed)
+    root = Path(folder) / "avmnist"
+    arrays = {
+        "image/train_data.npy": rng.integers(0, 256, (n_train, 784)).astype(np.float32),
+        "image/test_data.npy": rng.integers(0, 256, (n_test, 784)).astype(np.float32),
+        "audio/train_data.npy": rng.integers(0, 256, (n_train, 112, 112)).astype(np.float32),
+        "audio/test_data.npy": rng.integers(0, 256, (n_test, 112, 112)).astype(np.float32),
+        "train_labels.npy": np.arange(n_train) % 10,
+        "test_labels.npy": rng.integers(0, 10, n_test),
+    }
+    for rel, a in arrays.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        np.save(root / rel, a)
+    return {"root": str(root)}
+
+
+@DATASETS.register("avmnist")
 def load_avmnist(
     root: str | os.PathLike[str],
     *,
@@ -132,10 +156,10 @@ def load_avmnist(
         raise InputError(f"avmnist: normalize must be one of {NORMALIZE}, got {normalize!r}")
     if val_split not in VAL_SPLITS:
         raise InputError(f"avmnist: val_split must be one of {VAL_SPLITS}, got {val_split!r}")
-    val_fraction = check_fraction(val_fraction, "avmnist: val_fraction")
+    val_fraction = check_fraction(val_fraction, "avmnist", "val_fraction")
     seed = check_seed(seed)
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise InputError(f"avmnist: limit must be a positive integer or None, got {limit!r}")
+    if limit is not None:
+        check_int(limit, "avmnist", "limit", note=" or None")
 
     raw: dict[str, list[np.ndarray]] = {}
     for key, rels in FILES.items():

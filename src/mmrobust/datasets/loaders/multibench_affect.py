@@ -52,8 +52,10 @@ import numpy as np
 
 from mmrobust.datasets.dataset import DatasetBundle
 from mmrobust.datasets.loaders._common import build_bundle, existing, to_float32
+from mmrobust.datasets.registry import DATASETS, EXAMPLES
 from mmrobust.errors import CacheError, InputError
 from mmrobust.spec import DatasetSpec, ModalitySpec
+from mmrobust.utils.checks import check_flag, check_int
 
 MODALITIES: tuple[str, ...] = ("vision", "audio", "text")
 LABELS: tuple[str, ...] = ("binary", "binary_nonzero", "7class")
@@ -165,6 +167,33 @@ def _z_norm(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return (np.where(std > 0, (x - mean) / safe, np.float32(0.0)) * w).astype(np.float32)
 
 
+@EXAMPLES.register("mosi", name="mosi")
+@EXAMPLES.register("mosei", name="mosei")
+def example(folder: str | os.PathLike[str], name: str = "mosi", steps: int = 6, seed: int = 0) -> dict[str, Any]:
+    """Write a small random MultiBench affect pickle under ``folder``; the load kwargs.
+
+    Splits ``train``/``valid``/``test`` of 30/10/12 samples, each with ``vision`` (N, T, 3), ``audio``
+    (N, T, 4), ``text`` (N, T, 5) front-padded sequences and sentiment scores ``labels`` (N, 1, 1) in [−3, 3].
+    """
+    rng = np.random.default_rng(seed)
+    dims = {"vision": 3, "audio": 4, "text": 5}
+
+    def split(n: int) -> dict[str, np.ndarray]:
+        out = {m: rng.normal(size=(n, steps, d)) for m, d in dims.items()}
+        for m in dims:
+            out[m][:, :2] = 0.0
+        out["labels"] = rng.uniform(-3, 3, n).reshape(n, 1, 1)
+        out["id"] = np.arange(n)
+        return out
+
+    path = os.path.join(folder, f"{name}.pkl")
+    with open(path, "wb") as f:
+        pickle.dump({"train": split(30), "valid": split(10), "test": split(12)}, f)
+    return {"path": path}
+
+
+@DATASETS.register("mosi", name="mosi")
+@DATASETS.register("mosei", name="mosei")
 def load_affect(
     path: str | os.PathLike[str],
     *,
@@ -207,12 +236,11 @@ def load_affect(
     mods = list(modalities)
     if len(set(mods)) != len(mods):
         raise InputError(f"{name}: duplicate modalities in {mods}")
-    if seq_len is not None and (isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1):
-        raise InputError(f"{name}: seq_len must be a positive integer or None, got {seq_len!r}")
+    if seq_len is not None:
+        check_int(seq_len, name, "seq_len", note=" or None")
     for flag, what in ((drop_empty_text, "drop_empty_text"), (sanitize, "sanitize"), (z_norm, "z_norm"),
                        (trusted, "trusted")):
-        if not isinstance(flag, bool):
-            raise InputError(f"{name}: {what} must be True or False, got {flag!r}")
+        check_flag(flag, name, what)
 
     data = read_pickle(p, trusted=trusted)
     if not isinstance(data, dict):

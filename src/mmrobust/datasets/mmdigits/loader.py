@@ -14,6 +14,8 @@ import torch
 
 from mmrobust.datasets.cache import OnCorrupt, cache_dir, cached_build
 from mmrobust.datasets.dataset import DatasetBundle, MultimodalDataset, compute_stats
+from mmrobust.datasets.mmdigits import build, build_arrays
+from mmrobust.datasets.registry import DATASETS, EXAMPLES
 from mmrobust.errors import InputError
 from mmrobust.spec import DatasetSpec, ModalitySpec
 
@@ -22,8 +24,6 @@ AUDIO = ("logmel", "waveform")
 
 
 def _builder_version() -> str:
-    from mmrobust.datasets.mmdigits import build
-
     return str(getattr(build, "BUILDER_VERSION", "1"))
 
 
@@ -32,6 +32,13 @@ def cache_path(seed: int, size: str, audio: str, root: str | os.PathLike[str] | 
     return cache_dir(root) / f"mmdigits-v{_builder_version()}-{size}-{audio}-seed{seed}.npz"
 
 
+@EXAMPLES.register("mmdigits")
+def example(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """The tiny MM-Digits build (built offline, cached; writes nothing under ``folder``)."""
+    return {"size": "tiny"}
+
+
+@DATASETS.register("mmdigits")
 def load_mmdigits(
     seed: int = 0,
     size: str = "full",
@@ -58,8 +65,6 @@ def load_mmdigits(
         raise InputError(f"unknown audio representation {audio!r}; choose one of {AUDIO}")
 
     def build() -> Any:
-        from mmrobust.datasets.mmdigits import build_arrays
-
         return build_arrays(seed=seed, size=size, audio=audio)
 
     path = cache_path(seed, size, audio, cache_dir)

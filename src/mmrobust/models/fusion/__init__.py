@@ -8,16 +8,7 @@ from mmrobust.models.fusion.gated import GatedFusion
 from mmrobust.models.fusion.jr import JRFusion
 from mmrobust.models.fusion.late import LateFusion
 from mmrobust.models.fusion.ooo import OddOneOutFusion
-from mmrobust.registry import Registry
-
-FUSIONS: Registry[Fusion] = Registry("fusion")
-FUSIONS.register("late")(LateFusion)
-FUSIONS.register("concat")(ConcatFusion)
-FUSIONS.register("attention")(AttentionFusion)
-FUSIONS.register("gated")(GatedFusion)
-FUSIONS.register("crmt")(CRMTFusion)
-FUSIONS.register("ooo")(OddOneOutFusion)
-FUSIONS.register("jr")(JRFusion)
+from mmrobust.models.fusion.registry import FUSIONS
 
 __all__ = [
     "FUSIONS",

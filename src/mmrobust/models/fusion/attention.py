@@ -10,8 +10,10 @@ from torch import Tensor, nn
 
 from mmrobust.errors import InputError
 from mmrobust.models.fusion.base import Fusion
+from mmrobust.models.fusion.registry import FUSIONS
 
 
+@FUSIONS.register("attention")
 class AttentionFusion(Fusion):
     """Modality tokens ``t_m = W_m z_m + e_m`` -> pre-norm multi-head self-attention + MLP -> mean pool.
 

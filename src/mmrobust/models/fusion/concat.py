@@ -9,8 +9,10 @@ import torch
 from torch import Tensor, nn
 
 from mmrobust.models.fusion.base import Fusion
+from mmrobust.models.fusion.registry import FUSIONS
 
 
+@FUSIONS.register("concat")
 class ConcatFusion(Fusion):
     """``fused = ReLU(W [z_1; …; z_M] + b)``; needs every modality (no drop).
 

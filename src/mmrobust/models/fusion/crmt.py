@@ -37,9 +37,11 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.parametrizations import orthogonal
 
 from mmrobust.errors import InputError
 from mmrobust.models.fusion.base import Fusion
+from mmrobust.models.fusion.registry import FUSIONS
 
 MODES: tuple[str, ...] = ("rownorm", "orthonormal")
 
@@ -50,6 +52,7 @@ def inverse_softplus(a: Tensor) -> Tensor:
     return torch.where(a > 20.0, a, torch.log(torch.expm1(a.clamp_max(20.0))))
 
 
+@FUSIONS.register("crmt")
 class CRMTFusion(Fusion):
     """CRMT late fusion ``h = Σ_m diag(a^(m)) W̃^(m) z_m + b`` (Yang et al., ICLR 2024).
 
@@ -91,8 +94,6 @@ class CRMTFusion(Fusion):
         self.mode = mode
         self.directions = nn.ModuleDict({m: nn.Linear(dims[m], num_classes, bias=False) for m in self.names})
         if mode == "orthonormal":
-            from torch.nn.utils.parametrizations import orthogonal
-
             for m in self.names:
                 orthogonal(self.directions[m])
         softplus_one = math.log(math.expm1(1.0))  # a = 1 at initialisation

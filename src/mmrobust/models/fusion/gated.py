@@ -9,8 +9,10 @@ import torch
 from torch import Tensor, nn
 
 from mmrobust.models.fusion.base import Fusion
+from mmrobust.models.fusion.registry import FUSIONS
 
 
+@FUSIONS.register("gated")
 class GatedFusion(Fusion):
     """``h_m = tanh(W_m z_m)``, ``g = softmax_m(v·h_m)`` over present modalities, ``fused = Σ g_m h_m``.
 

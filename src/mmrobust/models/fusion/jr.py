@@ -12,14 +12,14 @@ with S = diag(p₀) − p₀p₀ᵀ the softmax Jacobian at p₀ = softmax(s₀)
 makes the problem quadratic) and G_m the Jacobian of z_m w.r.t. what the attacker moves:
 
 * ``jacobian="logits"`` (default): G_m = I. Then W_m = γ(S² + γI)⁻¹ is the same for every modality,
-  applied in O(K) by :func:`~mmrobust.defenses.sylvester.jr_apply` (never formed); W 1 = 1, so a
+  applied in O(K) by :func:`~mmrobust.models.fusion.sylvester.jr_apply` (never formed); W 1 = 1, so a
   constant shift of z_m changes nothing.
 * ``jacobian="features"``: G_m = A_m, the last linear layer of modality m (Jacobian w.r.t. its
   penultimate features φ_m). H_m = A_m A_mᵀ is constant: O(K²) per sample, Woodbury path.
 * ``jacobian="input"``: G_m = ∂z_m/∂x_m at the sample, so H_m = G_m G_mᵀ costs K vector-Jacobian
   products through the encoder; W_m by a batched solve in H_m's eigenbasis with an implicit-function
-  backward (:func:`~mmrobust.defenses.sylvester.jr_weights_gram_basis`, the same values as the
-  eigen-Sylvester formula of :func:`~mmrobust.defenses.sylvester.jr_weights_eigen` at half the
+  backward (:func:`~mmrobust.models.fusion.sylvester.jr_weights_gram_basis`, the same values as the
+  eigen-Sylvester formula of :func:`~mmrobust.models.fusion.sylvester.jr_weights_eigen` at half the
   cost). Token-id modalities have no input Jacobian; for them G_m = A_m as in ``features`` mode.
 
 How ``input`` mode gets x (our design): the fusion only receives embeddings, so
@@ -52,22 +52,13 @@ import torch
 from torch import Tensor, nn
 
 from mmrobust.errors import InputError, UnsupportedError
+from mmrobust.models.fusion import sylvester as sv
 from mmrobust.models.fusion.late import LateFusion
+from mmrobust.models.fusion.registry import FUSIONS
 
 JACOBIANS: tuple[str, ...] = ("logits", "features", "input")
 MODES: tuple[str, ...] = ("full", "bpda")
 PRECISIONS: tuple[str, ...] = ("float64", "float32")
-
-
-def _solvers() -> Any:
-    """:mod:`mmrobust.defenses.sylvester`, imported on first use.
-
-    The fusion registry is imported while :mod:`mmrobust.models` initialises, and importing the
-    ``mmrobust.defenses`` package at that point would import the models package back (a cycle).
-    """
-    from mmrobust.defenses import sylvester
-
-    return sylvester
 
 
 class _InputTape:
@@ -141,6 +132,7 @@ class _RecordHook:
             self.tape.record(self.name, args[0], output)
 
 
+@FUSIONS.register("jr")
 class JRFusion(LateFusion):
     """Late (CI) fusion with sample-wise Jacobian-regularised weights on each modality's logits.
 
@@ -183,7 +175,7 @@ class JRFusion(LateFusion):
         precision: str = "float64",
     ) -> None:
         super().__init__(names, dims, num_classes, prior=prior)
-        self.gamma = _solvers().check_gamma(gamma, "jr fusion")
+        self.gamma = sv.check_gamma(gamma, "jr fusion")
         if jacobian not in JACOBIANS:
             raise InputError(f"jr fusion: unknown jacobian {jacobian!r}; choose one of {', '.join(JACOBIANS)}")
         if precision not in PRECISIONS:
@@ -198,7 +190,7 @@ class JRFusion(LateFusion):
     # ------------------------------------------------------------------------------ switches
     def set_gamma(self, gamma: float) -> None:
         """Change γ in place (validated)."""
-        self.gamma = _solvers().check_gamma(gamma, "jr fusion")
+        self.gamma = sv.check_gamma(gamma, "jr fusion")
 
     @contextlib.contextmanager
     def using(self, mode: str) -> Iterator[JRFusion]:
@@ -249,7 +241,6 @@ class JRFusion(LateFusion):
         s0 = torch.stack(list(uni.values()), 0).sum(0) - shift
         dt = torch.float64 if self.precision == "float64" else s0.dtype
         p0 = torch.softmax(s0.to(dt), dim=1)
-        sv = _solvers()
         bpda = self.mode == "bpda"
         if bpda:
             p0 = p0.detach()
@@ -277,7 +268,7 @@ class JRFusion(LateFusion):
 
             margin(s₀) > 2 Σ_m b_m ‖z_m − c_m 1‖₂,
 
-        with b_m the bound on ‖W_m − I‖₂ of :func:`~mmrobust.defenses.sylvester.weight_deviation_bound`
+        with b_m the bound on ‖W_m − I‖₂ of :func:`~mmrobust.models.fusion.sylvester.weight_deviation_bound`
         (τ = 4ε²h/(4ε²h + γ), ε = 1 − max p₀, h = ‖G_mG_mᵀ‖₂; times √K outside ``logits`` mode) and
         c_m = mean(z_m) in ``logits`` mode (where (W − I)1 = 0), else 0. In words: when all
         modalities agree confidently, p₀ is nearly one-hot, ε and hence b_m decay like
@@ -291,7 +282,6 @@ class JRFusion(LateFusion):
         Returns:
             (N,) bool.
         """
-        sv = _solvers()
         uni = self.unimodal_logits(z)
         s0 = torch.stack(list(uni.values()), 0).sum(0) - (len(uni) - 1) * self.log_prior
         dt = torch.float64 if self.precision == "float64" else s0.dtype

@@ -19,8 +19,10 @@ from torch import Tensor, nn
 
 from mmrobust.errors import InputError
 from mmrobust.models.fusion.base import Fusion
+from mmrobust.models.fusion.registry import FUSIONS
 
 
+@FUSIONS.register("late")
 class LateFusion(Fusion):
     """Sum of per-modality linear heads' logits minus (M−1)·log prior.
 

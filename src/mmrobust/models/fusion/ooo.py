@@ -33,17 +33,14 @@ from torch import Tensor, nn
 
 from mmrobust.errors import InputError, UnsupportedError
 from mmrobust.models.fusion.base import Fusion
+from mmrobust.models.fusion.registry import FUSIONS
+from mmrobust.utils.checks import check_int
 
 #: Label of the last outcome of the odd-one-out network ("no modality perturbed").
 NONE = "none"
 
 
-def _positive_int(v: object, what: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise InputError(f"ooo fusion: {what} must be an integer >= 1, got {v!r}")
-    return v
-
-
+@FUSIONS.register("ooo")
 class OddOneOutFusion(Fusion):
     """Odd-one-out detector o and M + 1 fusion experts; ``fused = Σ_j o_j · e_j(z_∖j)``.
 
@@ -87,9 +84,9 @@ class OddOneOutFusion(Fusion):
                 f"ooo fusion needs at least two modalities (expert e_j fuses every modality except j), "
                 f"got {self.names}"
             )
-        hidden = _positive_int(hidden, "hidden")
-        detector_hidden = _positive_int(detector_hidden, "detector_hidden")
-        detector_layers = _positive_int(detector_layers, "detector_layers")
+        hidden = check_int(hidden, "ooo fusion", "hidden")
+        detector_hidden = check_int(detector_hidden, "ooo fusion", "detector_hidden")
+        detector_layers = check_int(detector_layers, "ooo fusion", "detector_layers")
         total = sum(self.dims[m] for m in self.names)
         layers: list[nn.Module] = []
         width = total

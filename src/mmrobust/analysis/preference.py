@@ -33,8 +33,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
+from mmrobust.attacks import create
+from mmrobust.attacks.gradient import attack_mode
+from mmrobust.attacks.missing import Missing
+from mmrobust.certify.margins import margins
 from mmrobust.errors import InputError
+from mmrobust.evaluate import evaluate, format_table
+from mmrobust.models.base import MultimodalModel
+from mmrobust.utils.checks import check_int, check_nonnegative
 
 
 @dataclass
@@ -94,8 +102,6 @@ class ModalityPreference:
 
     def table(self) -> str:
         """Fixed-width text table, one row per modality (accuracies in %)."""
-        from mmrobust.evaluate import format_table
-
         keys = ("removed_accuracy", "removal_drop", "attacked_accuracy", "attack_drop", "mean_margin",
                 "unimodal_accuracy")
         rows = []
@@ -133,8 +139,6 @@ def _default_attacks(
     model: Any, eps: float | Mapping[str, float] | None, steps: int, loss: str = "ce"
 ) -> dict[str, Any]:
     """One PGD-ℓ∞ per modality with a radius (token modalities through their embeddings)."""
-    from mmrobust.attacks import create
-
     if eps is None:
         return {}
     if isinstance(eps, Mapping):
@@ -148,8 +152,7 @@ def _default_attacks(
         radii = dict.fromkeys(model.modalities, eps)
     out = {}
     for m, r in radii.items():
-        if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or r < 0:
-            raise InputError(f"modality_preference: eps for {m!r} must be a finite number >= 0, got {r!r}")
+        check_nonnegative(r, "modality_preference", f"eps for {m!r}")
         surface = "embedding" if model.spec[m].is_tokens else None
         out[m] = create("pgd", modalities=m, eps=float(r), steps=steps, token_surface=surface, loss=loss)
     return out
@@ -198,18 +201,13 @@ def modality_preference(
         InputError: a one-modality model, an unknown modality, a negative radius, an attack that
             perturbs other modalities than its key.
     """
-    from mmrobust.attacks.missing import Missing
-    from mmrobust.evaluate import evaluate
-    from mmrobust.models.base import MultimodalModel
-
     if not isinstance(model, MultimodalModel):
         raise InputError(f"modality_preference() needs a mmrobust MultimodalModel, got {type(model).__name__}")
     if len(model.modalities) < 2:
         raise InputError(f"modality preference needs at least two modalities; this model has {model.modalities}")
     if attacks is not None and eps is not None:
         raise InputError("modality_preference: give eps (default PGD) or attacks, not both")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise InputError(f"modality_preference: steps must be an integer >= 1, got {steps!r}")
+    check_int(steps, "modality_preference", "steps")
     atk = dict(attacks) if attacks is not None else _default_attacks(model, eps, steps, loss)
     for m, a in atk.items():
         if m not in model.modalities:
@@ -260,11 +258,6 @@ def modality_preference(
 
 def _margins(model: Any, dataset: Any, batch_size: int) -> dict[str, np.ndarray]:
     """Per-sample uni-modal margins min_{k≠y} ζ_k^(m) of a late-fusion model, ``{m: (N,)}``."""
-    import torch
-
-    from mmrobust.attacks.gradient import attack_mode
-    from mmrobust.certify.margins import margins
-
     data = dataset.select(model.modalities)
     device = next(iter(model.parameters())).device
     parts: dict[str, list[np.ndarray]] = {m: [] for m in model.modalities}

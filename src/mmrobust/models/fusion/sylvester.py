@@ -48,6 +48,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from mmrobust.errors import InputError
+from mmrobust.utils.checks import check_positive
 
 __all__ = [
     "check_gamma",
@@ -65,12 +66,7 @@ __all__ = [
 
 def check_gamma(gamma: object, who: str = "jr") -> float:
     """Validate γ: a finite number > 0 (returned as float); clear :class:`InputError` otherwise."""
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)):
-        raise InputError(f"{who}: gamma must be a number > 0, got {gamma!r}")
-    g = float(gamma)
-    if not (g > 0 and g < float("inf")):
-        raise InputError(f"{who}: gamma must be a finite number > 0, got {gamma!r}")
-    return g
+    return check_positive(gamma, who, "gamma")
 
 
 def softmax_jacobian(p: Tensor) -> Tensor:
