@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 import mmrobust as mr
-from mmrobust.certify import certify_dataset, lipschitz_constants
 from mmrobust.analysis import modality_preference
+from mmrobust.certify import certify_dataset, lipschitz_constants
 from mmrobust.metrics import geometry_report
 from mmrobust.utils.io import write_json, write_text
 from mmrobust.utils.provenance import provenance

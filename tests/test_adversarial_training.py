@@ -149,7 +149,7 @@ def test_adversarial_training_buys_robustness_on_toy(toy_data):
         ({"eps": -0.1}, "eps.*-0.1"),
         ({"eps": float("nan")}, "eps"),
         ({"eps": 0.1, "steps": 0}, "steps"),
-        ({"eps": 0.1, "adv_weight": 0.0}, "adv_weight must be in \\(0, 1\\].*0.0"),
+        ({"eps": 0.1, "adv_weight": 0.0}, "adv_weight must be a finite number > 0 and <= 1.*0.0"),
         ({"eps": 0.1, "adv_weight": 1.5}, "adv_weight.*1.5"),
         ({"eps": 0.1, "modalities": "each"}, "'each' is an evaluation threat"),
         ({"eps": 0.1, "modalities": 5}, "modalities must be.*5"),
@@ -187,7 +187,7 @@ def test_modality_dropout_is_train_with_modality_dropout(toy_data):
 
 @pytest.mark.parametrize(("p", "match"), [(0.0, "0.0"), (1.0, "1.0"), (-0.1, "-0.1"), (True, "True")])
 def test_modality_dropout_bad_p(p, match):
-    with pytest.raises(mr.InputError, match=f"p must be a probability in \\(0, 1\\), got {match}"):
+    with pytest.raises(mr.InputError, match=f"p must be a finite number > 0 and < 1 \\(a probability\\), got {match}"):
         ModalityDropout(p=p)
 
 

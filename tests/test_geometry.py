@@ -283,7 +283,7 @@ def test_density_bad_input():
     z, y = clustered(20, 3, seed=0)
     bad = [
         ((z, y), {"k": 20}, "smaller than the number of points"),
-        ((z, y), {"k": 0}, "k must be a positive integer"),
+        ((z, y), {"k": 0}, "k must be an integer >= 1, got 0"),
         ((z, y), {"max_points": 10}, "max_points=10"),
         ((z, y), {"small_classes": "drop"}, "small_classes"),
         ((z, y), {"chunk_size": 0}, "chunk_size"),

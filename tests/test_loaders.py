@@ -607,7 +607,7 @@ def test_run_config_reads_your_npz_file_end_to_end(tmp_path):
     "dataset, message",
     [
         ({"name": "npz"}, "npz reads your data: give the path of its file"),
-        ({"name": "avmnist"}, "give the path of its folder of .npy files"),
+        ({"name": "avmnist"}, "avmnist reads your data: give the path of its folder"),
         ({"name": "npz", "path": "/nonexistent/x.npz"}, "dataset (npz):"),
         ({"name": "mmdigits", "path": "x.npz"}, "mmdigits is built offline"),
         ({"name": "npz", "path": "x.npz", "size": "tiny"}, "size: options of mmdigits, not of npz"),

@@ -23,6 +23,7 @@ import torch.multiprocessing as tmp_mp
 from torch import nn
 
 import mmrobust as mr
+from mmrobust.analysis import MinimalEpsSearch, minimal_eps
 from mmrobust.attacks import ATTACKS, EvalContext, GradientAttack
 from mmrobust.errors import InputError
 from mmrobust.evaluate import EvaluationResult
@@ -38,7 +39,6 @@ from mmrobust.metrics import (
     RobustnessSummary,
     WorstCaseAccuracy,
 )
-from mmrobust.analysis import MinimalEpsSearch, minimal_eps
 from mmrobust.metrics import functional as F
 from mmrobust.metrics import results as R
 from mmrobust.spec import DatasetSpec, ModalitySpec

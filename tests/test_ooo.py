@@ -142,9 +142,9 @@ def test_bad_fusion_arguments(spec):
 # ------------------------------------------------------------------------------------ the defence
 def test_one_modality_model_is_refused(toy_data):
     uni = mr.models.create("unimodal", toy_data.spec, modality="image")
-    with pytest.raises(mr.InputError, match=r"at least two modalities; this one has only \['image'\]"):
+    with pytest.raises(mr.InputError, match=r"ooo: needs a model with at least 2 modalities; this one has only \['image'\]"):
         OddOneOut().check(uni)
-    with pytest.raises(mr.InputError, match="at least two modalities"):
+    with pytest.raises(mr.InputError, match="at least 2 modalities"):
         tiny_defense().apply(uni, toy_data)
 
 
@@ -179,7 +179,7 @@ def test_train_settings_reach_the_training_loop(toy_concat, toy_data, monkeypatc
     # OOO's own default lr (1e-3) is reported in train; the other settings are TrainConfig's
     import importlib
 
-    train_module = importlib.import_module("mmrobust.train")  # the module (mr.train is the function)
+    ooo_module = importlib.import_module("mmrobust.defenses.ooo")  # where the defence's training loop is bound
 
     seen = []
 
@@ -190,7 +190,7 @@ def test_train_settings_reach_the_training_loop(toy_concat, toy_data, monkeypatc
         seen.append(mr.TrainConfig.model_validate(config))
         raise Stop
 
-    monkeypatch.setattr(train_module, "train", spy)
+    monkeypatch.setattr(ooo_module, "train", spy)
     assert OddOneOut().params()["train"] == {"lr": 1e-3}
     for d, want in [
         (OddOneOut(eps=EPS, epochs=2), (2, 1e-3, 64, 0.0, None)),

@@ -99,7 +99,7 @@ def test_dataset_registry_walk(name, tmp_path):
     for split in (data.train, data.val, data.test):
         assert set(split.inputs) == set(data.spec.names)
         if len(split):
-            assert 0 <= int(split.labels.min()) and int(split.labels.max()) < data.spec.num_classes
+            assert int(split.labels.min()) >= 0 and int(split.labels.max()) < data.spec.num_classes
     assert mr.datasets.load(name, **kwargs).meta.get("checksum") == data.meta.get("checksum")  # deterministic
     # the generic options of run configs and the CLI map onto the loader's own arguments
     if reads:
