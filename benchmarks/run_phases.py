@@ -31,7 +31,8 @@ def phases(folder: Path) -> dict[str, float]:
         family = threat.split("-")[0] if threat not in ("clean", "certified") else threat
         out[f"cells: {family}"] += c.get("seconds", 0.0)
     out["wall (summary.json)"] = s["wall_seconds"]
-    out["other (data, report, overhead)"] = s["wall_seconds"] - sum(v for k, v in out.items() if k != "wall (summary.json)")
+    counted = sum(v for k, v in out.items() if k != "wall (summary.json)")
+    out["other (data, report, overhead)"] = s["wall_seconds"] - counted
     return dict(out)
 
 
@@ -39,7 +40,8 @@ def main(argv: list[str]) -> None:
     runs = [Path(a) for a in argv]
     table = [phases(r) for r in runs]
     keys = list(dict.fromkeys(k for t in table for k in t))
-    print(f"{'phase':34s}" + "".join(f"{r.name[-18:]:>20s}" for r in runs) + ("   ratio first/last" if len(runs) > 1 else ""))
+    head = "".join(f"{r.name[-18:]:>20s}" for r in runs)
+    print(f"{'phase':34s}" + head + ("   ratio first/last" if len(runs) > 1 else ""))
     for k in keys:
         vals = [t.get(k, 0.0) for t in table]
         ratio = f"   {vals[0] / vals[-1]:.2f}x" if len(runs) > 1 and vals[-1] > 0 else ""
