@@ -142,7 +142,7 @@ def test_bad_fusion_arguments(spec):
 # ------------------------------------------------------------------------------------ the defence
 def test_one_modality_model_is_refused(toy_data):
     uni = mr.models.create("unimodal", toy_data.spec, modality="image")
-    with pytest.raises(mr.InputError, match=r"ooo: needs a model with at least 2 modalities; this one has only \['imag"):
+    with pytest.raises(mr.InputError, match=r"ooo: needs a model with at least 2 modalities; this one has only"):
         OddOneOut().check(uni)
     with pytest.raises(mr.InputError, match="at least 2 modalities"):
         tiny_defense().apply(uni, toy_data)
