@@ -2,11 +2,13 @@
 # Set up mmrobust on a fresh machine: eSpeak NG (system package, for MM-Digits speech), a virtual
 # environment in .venv, the CPU build of torch 2.13.0 (installed first, so pip never resolves a
 # CUDA build), then the package itself. Idempotent: rerunning only checks what is there.
-#   bash scripts/setup.sh        # runtime
+#   bash scripts/setup.sh        # runtime (everything `mmrobust run` needs, report plots included)
 #   bash scripts/setup.sh dev    # + test and lint tools, chromium (Debian) for the report test
+#   VENV=/tmp/env bash scripts/setup.sh   # another virtual environment than .venv
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-}"
+VENV="${VENV:-.venv}"
 
 # apt_install CMD PACKAGE: install the Debian PACKAGE unless the command CMD already exists.
 apt_updated=""
@@ -28,20 +30,20 @@ if [[ "$extras" == *dev* ]]; then
 fi
 
 PY="${PYTHON:-python3}"
-if [ ! -x .venv/bin/python ]; then
-  echo "[setup] creating .venv"
-  "$PY" -m venv .venv
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[setup] creating $VENV"
+  "$PY" -m venv "$VENV"
 fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 echo "[setup] installing torch==2.13.0 (CPU)"
-.venv/bin/python -m pip install -q torch==2.13.0
+"$VENV/bin/python" -m pip install -q torch==2.13.0
 spec="."
 [ -n "$extras" ] && spec=".[$extras]"
 echo "[setup] installing mmrobust ($spec)"
-.venv/bin/python -m pip install -q -e "$spec"
+"$VENV/bin/python" -m pip install -q -e "$spec"
 if [[ "$extras" == *dev* ]]; then
   # Reference attack library for equivalence tests and benchmarks only; --no-deps so it can never
   # replace the CPU torch wheel.
-  .venv/bin/python -m pip install -q --no-deps torchattacks==3.5.1
+  "$VENV/bin/python" -m pip install -q --no-deps torchattacks==3.5.1
 fi
-.venv/bin/python -c "import torch, mmrobust; print(f'[setup] ok: mmrobust {mmrobust.__version__}, torch {torch.__version__}')"
+"$VENV/bin/python" -c "import torch, mmrobust; print(f'[setup] ok: mmrobust {mmrobust.__version__}, torch {torch.__version__}')"

@@ -18,9 +18,9 @@ import torch
 
 import mmrobust as mr
 from mmrobust.datasets import DATASETS, compute_stats
-from mmrobust.datasets.loaders import MissingDependencyError, load_affect, load_arrays, load_avmnist
+from mmrobust.datasets.loaders import load_affect, load_arrays, load_avmnist
 from mmrobust.datasets.loaders._common import stratified_split
-from mmrobust.errors import CacheError, InputError, UnknownNameError
+from mmrobust.errors import CacheError, InputError, MissingDependencyError, UnknownNameError
 
 N_TRAIN, N_TEST = 60, 20
 

@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mmrobust.attacks.base import Condition, EvalContext
+from mmrobust.attacks.encodings import CleanEncodings
 from mmrobust.attacks.gradient import GradientAttack
 from mmrobust.datasets.dataset import MultimodalDataset
 from mmrobust.errors import InputError
@@ -237,8 +238,10 @@ def evaluate(
             continue
         rec: dict[str, Any] = {"b": b, "index": idx.numpy(), "label": y.numpy(), "pred": {}, "info": {},
                                "noise": {}, "robust": {}}
-        with torch.no_grad():
-            clean_logits = model(x)
+        model.spec.validate_batch(x)
+        # The clean batch is encoded once; every condition re-encodes only the modalities it changes.
+        encodings = CleanEncodings(model, x)
+        clean_logits = encodings.logits(x)
         rec["pred"]["clean"] = clean_logits.argmax(1).numpy()
         if checker is not None and b == 0:  # first batch
             first_flags += checker.model_flags(model, x, clean_logits)
@@ -251,13 +254,12 @@ def evaluate(
                 first_flags += checker.unbounded_flags(model, x, y, g)
         for c, cid in zip(conditions, ids, strict=False):
             g = torch.Generator().manual_seed(seed * 1_000_003 + int(idx[0]))
-            out = c.apply(model, x, y, EvalContext(stats=data.stats, generator=g, seed=seed))
-            with torch.no_grad():
-                pred = model(out.x, drop=out.drop, embeddings=out.embeddings or None).argmax(1)
+            out = c.apply(model, x, y, EvalContext(stats=data.stats, generator=g, seed=seed, encodings=encodings))
+            pred = encodings.logits(out.x, out.drop, out.embeddings).argmax(1)
             rec["pred"][cid] = pred.numpy()
             if checker is not None and cid in gradient:
                 g = torch.Generator().manual_seed(seed * 1_000_003 + int(idx[0]) + 7_919)
-                ns = checker.noise_success(model, probes[cid], x, y, g)
+                ns = checker.noise_success(model, probes[cid], x, y, g, encodings)
                 if ns is not None:
                     rec["noise"][cid] = ns.cpu()
                     rec["robust"][cid] = (pred == y).cpu()

@@ -196,9 +196,17 @@ class ReliabilityChecks:
     # ----------------------------------------------------------------------------- noise baseline
     @torch.no_grad()
     def noise_success(
-        self, model: Any, condition: Any, x: Mapping[str, Tensor], y: Tensor, generator: torch.Generator
+        self,
+        model: Any,
+        condition: Any,
+        x: Mapping[str, Tensor],
+        y: Tensor,
+        generator: torch.Generator,
+        encodings: Any = None,
     ) -> Tensor | None:
         """Per-sample success (N,) of a random point of the condition's ball, ``None`` if not applicable.
+
+        ``encodings``: the batch's cached clean embeddings (:class:`~mmrobust.attacks.encodings.CleanEncodings`).
 
         For ``modalities="each"`` a sample counts as fooled when a random point of any one modality's
         ball fools it. Universal perturbations (one δ for all samples) are not compared.
@@ -208,7 +216,7 @@ class ReliabilityChecks:
         out = torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
         with attack_mode(model):
             for threat in _threats(model, condition):
-                obj = Objective(model, x, y, threat, ce_loss)
+                obj = Objective(model, x, y, threat, ce_loss, encodings=encodings)
                 _, success = obj.score(threat.random_start(obj.origin, generator, obj.masks))
                 out |= success
         return out

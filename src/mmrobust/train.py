@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from mmrobust.attacks.missing import zero_fill
 from mmrobust.datasets.dataset import DatasetBundle, MultimodalDataset
-from mmrobust.errors import ConfigError, InputError
+from mmrobust.errors import ConfigError, InputError, require
 from mmrobust.models.base import MultimodalModel
 from mmrobust.models.checkpoint import save_checkpoint
 from mmrobust.utils.seed import seed_everything
@@ -152,13 +152,9 @@ def _tensorboard_writer(logdir: str | None) -> Any:
     """A ``SummaryWriter`` for ``logdir`` (``None``: no logging); a clear error without tensorboard."""
     if logdir is None:
         return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise InputError(
-            "TensorBoard logging needs the tensorboard package: pip install 'mmrobust[tensorboard]' "
-            "(or pip install tensorboard)"
-        ) from None
+    require("tensorboard", "TensorBoard logging", "pip install 'mmrobust[tensorboard]' (or pip install tensorboard)")
+    from torch.utils.tensorboard import SummaryWriter
+
     return SummaryWriter(log_dir=str(logdir))
 
 

@@ -124,8 +124,11 @@ class WorstCase(Condition):
             if out.drop:
                 raise UnsupportedError(f"worst_case: variant {label} ({v.id}) drops modalities {out.drop}; "
                                        "only attacks that perturb inputs can be combined")
-            with torch.no_grad():
-                logits = model(out.x, embeddings=out.embeddings or None)
+            if ctx.encodings is not None and ctx.encodings.model is model:
+                logits = ctx.encodings.logits(out.x, (), out.embeddings)
+            else:
+                with torch.no_grad():
+                    logits = model(out.x, embeddings=out.embeddings or None)
             outs.append(out)
             margins.append(margin(logits.float(), y.to(logits.device)).cpu())
         stacked = torch.stack(margins)  # (V, N)

@@ -48,11 +48,15 @@ class EvalContext:
         stats: Training-split statistics per modality (mean / std / token mode).
         generator: Seeded generator for this batch's randomness.
         seed: The evaluation seed.
+        encodings: The clean batch's per-modality embeddings under the evaluated model
+            (:class:`~mmrobust.attacks.encodings.CleanEncodings`), shared by the batch's conditions;
+            ``None`` outside :func:`mmrobust.evaluate`.
     """
 
     stats: Mapping[str, ModalityStats]
     generator: torch.Generator
     seed: int = 0
+    encodings: Any = None
 
 
 class Condition(ABC):

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from mmrobust.attacks._checks import check_batch
 from mmrobust.attacks.base import Condition, ConditionOutput, EvalContext
+from mmrobust.attacks.encodings import CleanEncodings
 from mmrobust.attacks.threat import ResolvedThreat, ThreatModel
 from mmrobust.errors import InputError, UnsupportedError
 
@@ -150,6 +151,7 @@ class Objective:
         threat: The resolved threat model.
         y: Labels (N,).
         chunk: Rows per forward/backward block (default :func:`auto_chunk`).
+        encodings: The clean batch's cached embeddings (``ctx.encodings``), or ``None``.
     """
 
     def __init__(
@@ -160,6 +162,7 @@ class Objective:
         threat: ResolvedThreat,
         loss: LossFn,
         chunk: int | None = None,
+        encodings: CleanEncodings | None = None,
     ) -> None:
         self.model = model
         self.chunk = chunk if chunk is not None else auto_chunk(y.device)
@@ -176,8 +179,12 @@ class Objective:
                     self.masks[m] = model.encoders[m].mask(x[m])[..., None]
                 else:
                     self.origin[m] = x[m].detach()
-            # The speed-up: the untouched modalities are encoded once per batch.
-            self.clean_z = {m: model.encode_one(m, x[m]) for m in model.modalities if m not in threat.modalities}
+            # The speed-up: the untouched modalities are encoded once per batch (and shared by every
+            # condition of an evaluated batch through ``encodings``).
+            self.clean_z = {
+                m: (encodings.encode(model, m, x[m]) if encodings is not None else model.encode_one(m, x[m]))
+                for m in model.modalities if m not in threat.modalities
+            }
 
     def logits(self, adv: Mapping[str, Tensor], rows: slice = _ALL) -> Tensor:
         """Logits (n, K) with the attacked modalities set to ``adv`` (only those are re-encoded).
@@ -397,7 +404,7 @@ class GradientAttack(Condition):
         threat = self.resolve(model)
         with attack_mode(model):
             _validate(model, x, y, threat)
-            obj = Objective(model, x, y, threat, LOSSES[self.loss])
+            obj = Objective(model, x, y, threat, LOSSES[self.loss], encodings=ctx.encodings)
             adv, loss, success = self._perturb(obj, ctx)
             return obj.output(adv, loss, success)
 

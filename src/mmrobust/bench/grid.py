@@ -19,10 +19,22 @@ from mmrobust.bench.user_model import user_model
 from mmrobust.certify import certifiable_modalities, late_head
 from mmrobust.defenses import Defense
 from mmrobust.defenses import create as create_defense
-from mmrobust.errors import ConfigError, MMRobustError
+from mmrobust.errors import ConfigError, MMRobustError, require
 from mmrobust.models import create as create_model
 from mmrobust.models.base import MultimodalModel
 from mmrobust.spec import DatasetSpec
+
+
+def check_dependencies(cfg: RunConfig) -> None:
+    """The optional packages the run will need are installed (checked before anything runs, not at the end).
+
+    Raises:
+        MissingDependencyError: one line naming the package, what needs it and the install command.
+    """
+    require("matplotlib", "mmrobust run's report (report.html and its plots)",
+            "pip install matplotlib (a dependency of mmrobust: reinstall it with pip install -e .)")
+    if cfg.train.tensorboard:
+        require("tensorboard", "train.tensorboard (TensorBoard logging)", "pip install 'mmrobust[tensorboard]'")
 
 
 def check_config(cfg: RunConfig, spec: DatasetSpec) -> None:

@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from mmrobust.bench.config import RunConfig, dump_config
-from mmrobust.bench.grid import adaptive_labels, certifiable, check_config, defenses_of, fresh_model
+from mmrobust.bench.grid import (
+    adaptive_labels,
+    certifiable,
+    check_config,
+    check_dependencies,
+    defenses_of,
+    fresh_model,
+)
+from mmrobust.bench.progress import RunProgress, cell_cost, plan_run, weight
 from mmrobust.bench.report import write_report
 from mmrobust.bench.results import headline, pivot_table, write_results
 from mmrobust.bench.threats import threat_groups
@@ -43,7 +51,11 @@ class _Run:
     def __init__(self, cfg: RunConfig, folder: Path, data: Any, quiet: bool) -> None:
         self.cfg, self.folder, self.data, self.quiet = cfg, folder, data, quiet
         self.main = dist.is_main()
-        self.say = (lambda *_a, **_k: None) if quiet or not self.main else print
+        self.kinds = {m.name: m.kind for m in data.spec}
+        total, items = plan_run(cfg, data.spec)
+        self.progress = RunProgress(total, items, enabled=self.main and not quiet,
+                                    say=None if quiet or not self.main else print)
+        self.say = self.progress.say  # log lines print above the bar; the bar is the run's only one
         self.flags: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------------------------ models
@@ -58,13 +70,14 @@ class _Run:
         if dist.from_main(ckpt.exists()):
             model = load_checkpoint(ckpt)
             self.say(f"[mmrobust] {label}: checkpoint found, skipping training")
+            self.progress.advance(weight("train", cfg, model.modalities, self.kinds), f"{label} (stored)")
             return model, model.checkpoint_meta.get("train", {})
         info: dict[str, Any] = {}
         if self.main:
             model = fresh_model(mcfg, data.spec, cfg.seed)
             self.say(f"[mmrobust] {label}: training ({model.modalities}, fusion {model.fusion_name})")
             res = train(model, data, cfg.train.model_copy(update={"seed": cfg.seed,
-                                                                  "quiet": self.quiet or cfg.train.quiet}),
+                                                                  "quiet": True}),
                         checkpoint=ckpt)
             self.say(f"[mmrobust] {label}: best val {100 * res.best_val_accuracy:.1f}% at epoch "
                      f"{res.best_epoch} ({res.seconds:.1f}s)")
@@ -73,6 +86,7 @@ class _Run:
         if not self.main:
             model = load_checkpoint(ckpt)
             info = model.checkpoint_meta.get("train", {})
+        self.progress.advance(weight("train", cfg, model.modalities, self.kinds), f"trained {label}")
         return model, info
 
     def defended(self, dcfg: Any, mcfg: Any, base: Any) -> tuple[Any, Any, dict[str, Any]]:
@@ -83,6 +97,7 @@ class _Run:
         if dist.from_main(ckpt.exists()):
             model = load_checkpoint(ckpt)
             self.say(f"[mmrobust] {label}: checkpoint found, skipping the defence")
+            self.progress.advance(weight("defend", self.cfg, model.modalities, self.kinds), f"{label} (stored)")
             return defense, model, dict(getattr(model, "defense_info", {}))
         if self.main:
             start = base
@@ -91,7 +106,7 @@ class _Run:
             self.say(f"[mmrobust] {label}: building {defense.name} ({defense.kind}, from the "
                      f"{'trained' if start is base else 'fresh'} {mcfg.label} model)")
             t = time.perf_counter()
-            model = defense.apply(start, self.data, seed=self.cfg.seed, quiet=self.quiet or self.cfg.train.quiet)
+            model = defense.apply(start, self.data, seed=self.cfg.seed, quiet=True)
             seconds = round(time.perf_counter() - t, 2)
             model.defense_info = {**getattr(model, "defense_info", {}), "apply_seconds": seconds}
             save_checkpoint(model, ckpt, {"dataset": self.data.meta, "defense": defense.describe(),
@@ -100,6 +115,7 @@ class _Run:
         dist.barrier()
         if not self.main:
             model = load_checkpoint(ckpt)
+        self.progress.advance(weight("defend", self.cfg, model.modalities, self.kinds), f"built {label}")
         return defense, model, dict(model.defense_info)
 
     # ------------------------------------------------------------------------------------- cells
@@ -115,13 +131,15 @@ class _Run:
 
             def evaluate_group(group: Any = group, split: Any = split) -> tuple[list[dict[str, Any]], list[Any]]:
                 result = evaluate(model, split, group.conditions, batch_size=cfg.eval_batch_size, seed=cfg.seed,
-                                  name=label, progress=not self.quiet and self.main)
+                                  name=label)
                 cell_rows = [{**base, "threat": group.key, **r} for r in result.rows()]
                 if self.main:
                     result.save_samples(self.folder / "samples" / label / f"{group.key}.npz")
                 return cell_rows, [{"model": label, "threat": group.key, **f} for f in result.flags]
 
-            cell_rows, flags = self.cell(label, group.key, f"{len(group.conditions)} conditions", evaluate_group)
+            variants = max((len(getattr(c, "variants", [c])) for c in group.conditions), default=1)
+            cost = cell_cost(group, cfg, list(model.modalities), self.kinds, variants)
+            cell_rows, flags = self.cell(label, group.key, f"{len(group.conditions)} conditions", evaluate_group, cost)
             for r in cell_rows:
                 if r["condition"] != "clean":
                     rows.append(r)
@@ -129,21 +147,28 @@ class _Run:
                     clean = {**r, "threat": "clean"}
             self.flags.extend(flags)
         if cfg.threats.certify is not None and certifiable(model):
-            rows += self.cell(label, "certified", "certified accuracy", lambda: (self.certified(model, base), []))[0]
+            rows += self.cell(label, "certified", "certified accuracy", lambda: (self.certified(model, base), []),
+                              weight("certified", cfg))[0]
         if clean is None:  # no full-size cell: the clean accuracy on its own
             def clean_only() -> tuple[list[dict[str, Any]], list[Any]]:
                 result = evaluate(model, data.test, [], batch_size=cfg.eval_batch_size, seed=cfg.seed, name=label,
                                   progress=False)
                 return [{**base, "threat": "clean", **r} for r in result.rows()], []
 
-            clean = self.cell(label, "clean", "clean accuracy", clean_only)[0][0]
+            clean = self.cell(label, "clean", "clean accuracy", clean_only, weight("clean", cfg))[0][0]
         return [clean, *rows]
 
-    def cell(self, label: str, key: str, what: str, compute: Any) -> tuple[list[dict[str, Any]], list[Any]]:
-        """Read cell ``key`` of ``label`` if stored, else ``compute()`` it and store it atomically (rank 0)."""
+    def cell(
+        self, label: str, key: str, what: str, compute: Any, cost: float = 1.0
+    ) -> tuple[list[dict[str, Any]], list[Any]]:
+        """Read cell ``key`` of ``label`` if stored, else ``compute()`` it and store it atomically (rank 0).
+
+        ``cost``: the cell's expected cost, by which the run's progress bar advances.
+        """
         path = self.folder / "cells" / label / f"{key}.json"
         if dist.from_main(path.exists()):
             stored = json.loads(path.read_text())
+            self.progress.advance(cost, f"{label}: {key} (stored)")
             return stored["rows"], stored.get("flags", [])
         t = time.perf_counter()
         rows, flags = compute()
@@ -152,6 +177,7 @@ class _Run:
                               "seconds": round(time.perf_counter() - t, 2)})
         dist.barrier()
         self.say(f"[mmrobust] {label}: {key} ({what}, {time.perf_counter() - t:.1f}s)")
+        self.progress.advance(cost, f"{label}: {key}")
         return rows, flags
 
     def certified(self, model: Any, base: dict[str, Any]) -> list[dict[str, Any]]:
@@ -186,6 +212,7 @@ def run(
 ) -> Path:
     """Run ``cfg`` end to end (resuming finished parts) and return the run folder."""
     t0 = time.perf_counter()
+    check_dependencies(cfg)
     folder = Path(runs_dir) / (name or cfg.name)
     resolved = dump_config(cfg)
     cfg_path = folder / "config.yaml"
@@ -259,6 +286,7 @@ def run(
         "headline": headline(all_rows),
         "flags": state.flags,
     }
+    state.progress.close()
     if not main:
         return folder
     if dist.world_size() > 1:

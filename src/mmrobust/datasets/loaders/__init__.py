@@ -10,8 +10,8 @@ and ``hdf5``; each returns a :class:`~mmrobust.datasets.DatasetBundle`.
 
 from __future__ import annotations
 
-from mmrobust.datasets.loaders.arrays import MissingDependencyError, load_arrays
+from mmrobust.datasets.loaders.arrays import load_arrays
 from mmrobust.datasets.loaders.avmnist import load_avmnist
 from mmrobust.datasets.loaders.multibench_affect import load_affect
 
-__all__ = ["MissingDependencyError", "load_affect", "load_arrays", "load_avmnist"]
+__all__ = ["load_affect", "load_arrays", "load_avmnist"]

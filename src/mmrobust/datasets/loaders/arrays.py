@@ -51,7 +51,7 @@ from mmrobust.datasets.loaders._common import (
     to_float32,
 )
 from mmrobust.datasets.registry import DATASETS, EXAMPLES
-from mmrobust.errors import CacheError, InputError, UnsupportedError
+from mmrobust.errors import CacheError, InputError, MissingDependencyError
 from mmrobust.spec import KINDS, DatasetSpec, ModalitySpec
 from mmrobust.utils.checks import check_fraction, check_int, check_positive, check_seed
 
@@ -60,10 +60,6 @@ SUFFIXES = {".npz": "npz", ".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf5", ".he5
 SPEC_FIELDS = ("kind", "low", "high", "perturbable", "vocab_size", "pad_id", "description", "scale")
 SPLIT_PREFIXES = {"train": ("train",), "val": ("val", "valid"), "test": ("test",)}
 SPLIT_CODES = {"train": 0, "val": 1, "valid": 1, "test": 2, 0: 0, 1: 1, 2: 2}
-
-
-class MissingDependencyError(UnsupportedError, ImportError):
-    """An optional package needed for this file format is not installed."""
 
 
 def _import_h5py() -> Any:
