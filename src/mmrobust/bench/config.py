@@ -231,6 +231,10 @@ def _default_models() -> list[ModelConfig]:
     return uni + [ModelConfig(name=f) for f in ("late", "concat", "attention", "gated")]
 
 
+#: Early stopping of a run's trainings: epochs without a better validation accuracy before stopping.
+RUN_PATIENCE = 3
+
+
 class RunConfig(_Strict):
     """A whole benchmark run (``mmrobust run CONFIG.yaml``)."""
 
@@ -238,10 +242,21 @@ class RunConfig(_Strict):
     seed: int = Field(0, ge=0, description="Seeds model initialisation, training and evaluation.")
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     models: list[ModelConfig] = Field(default_factory=_default_models)
-    train: TrainConfig = Field(default_factory=TrainConfig)
+    train: TrainConfig = Field(
+        default_factory=lambda: TrainConfig(patience=RUN_PATIENCE),
+        description=f"Training of the grid's models (mr.TrainConfig); runs stop after {RUN_PATIENCE} epochs without "
+        "a better validation accuracy unless train.patience says otherwise (null: every epoch).",
+    )
     threats: ThreatsConfig = Field(default_factory=ThreatsConfig)
     defenses: list[DefenseConfig] = Field(default_factory=list)
     eval_batch_size: int = Field(256, ge=1)
+
+    @field_validator("train", mode="before")
+    @classmethod
+    def _patience(cls, v: Any) -> Any:
+        if isinstance(v, dict) and "patience" not in v:  # a partial train section keeps the run's early stopping
+            return {**v, "patience": RUN_PATIENCE}
+        return v
 
 
 # The radii of the default attack grid's larger ε (findings_attacks.md), used by the defences that train on attacks.

@@ -5,6 +5,12 @@ One encoder per modality kind, chosen by :func:`create_encoder` from the
 penultimate features that fusion layers (and the late-fusion per-modality heads) act on.
 Text encoders expose :meth:`TextEncoder.embed` / :meth:`TextEncoder.forward_embedded` so attacks
 can perturb token embeddings instead of (non-differentiable) token ids.
+
+The 2-D convolutional encoders keep their weights and activations in the ``channels_last`` memory
+layout: oneDNN's CPU kernels are native to it, so convolutions need no layout reorders and max
+pooling takes its vectorised path (measured on the 2-core machine: the audio encoder's forward
+1.9× faster, a training step of ``late`` 1.3×; ``BENCHMARKS.md``). The values are the same
+computation; only the memory order of the tensors differs.
 """
 
 from __future__ import annotations
@@ -46,11 +52,11 @@ class ImageEncoder(nn.Module):
             nn.Flatten(),
             nn.Linear(2 * width * 16, embed_dim),
             nn.ReLU(),
-        )
+        ).to(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor) -> Tensor:
         """(N, C, H, W) -> (N, embed_dim)."""
-        return self.net(x)
+        return self.net(x.contiguous(memory_format=torch.channels_last))
 
 
 @ENCODERS.register("audio")
@@ -80,7 +86,7 @@ class AudioEncoder(nn.Module):
                 nn.Flatten(),
                 nn.Linear(4 * width * 8, embed_dim),
                 nn.ReLU(),
-            )
+            ).to(memory_format=torch.channels_last)
         elif len(spec.shape) == 2:
             c = spec.shape[0]
             self.net = nn.Sequential(
@@ -102,7 +108,7 @@ class AudioEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(N, 1, n_mels, frames) or (N, 1, samples) -> (N, embed_dim)."""
-        return self.net(x)
+        return self.net(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x)
 
 
 @ENCODERS.register("text")
