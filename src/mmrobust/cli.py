@@ -228,7 +228,7 @@ def _run(args: argparse.Namespace) -> int:
 
     group = dist.init_from_env()
     try:
-        run(cfg, runs_dir=args.runs_dir, name=args.name, quiet=args.quiet)
+        run(cfg, runs_dir=args.runs_dir, name=args.name, quiet=args.quiet, workers=args.workers)
     finally:
         if group:
             dist.shutdown()
@@ -340,7 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "<name>-seed<S>)")
     r.add_argument("--seed", type=int, default=None, help="override the config's seed (model initialisation, "
                    "training, evaluation); one run folder per seed")
-    r.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
+    r.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    r.add_argument("--workers", type=int, default=None,
+                   help="worker processes (default: one per CPU core, at most 4); results do not depend on it")
     r.set_defaults(func=_run)
 
     rep = sub.add_parser("report", help="(re)build report.html and the plots of a run folder, print its table")

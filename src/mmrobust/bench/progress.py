@@ -103,7 +103,7 @@ class RunProgress:
     def _postfix(self) -> None:
         self.bar.set_postfix_str(f"{self.done_items}/{self.items} items", refresh=False)
 
-    def advance(self, cost: float, what: str = "") -> None:
+    def advance(self, what: str, cost: float) -> None:
         """One work item of expected ``cost`` is done (``what``: shown as the bar's description)."""
         self.done_items += 1
         if what:

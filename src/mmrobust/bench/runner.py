@@ -11,12 +11,19 @@ seed, so the results do not depend on where it stopped.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import multiprocessing
 import os
+import queue
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from mmrobust.attacks.pgd import PGD
 from mmrobust.bench.config import RunConfig, dump_config
 from mmrobust.bench.grid import (
     adaptive_labels,
@@ -46,16 +53,18 @@ DATASET_META_KEYS = ("checksum", "seed", "size", "audio", "builder_version", "es
 
 
 class _Run:
-    """State of one run: the folder, the data, the rank, and the cell loop shared by every model."""
+    """State of one run (the folder, the data, the rank) and the work it does: train, defend, evaluate cells.
 
-    def __init__(self, cfg: RunConfig, folder: Path, data: Any, quiet: bool) -> None:
-        self.cfg, self.folder, self.data, self.quiet = cfg, folder, data, quiet
+    ``say(line)`` prints a log line; ``done(what, cost)`` reports a finished work item of expected
+    ``cost`` to the run's progress bar. In worker processes both go back to the main process.
+    """
+
+    def __init__(self, cfg: RunConfig, folder: Path, data: Any, say: Any = None, done: Any = None) -> None:
+        self.cfg, self.folder, self.data = cfg, folder, data
         self.main = dist.is_main()
         self.kinds = {m.name: m.kind for m in data.spec}
-        total, items = plan_run(cfg, data.spec)
-        self.progress = RunProgress(total, items, enabled=self.main and not quiet,
-                                    say=None if quiet or not self.main else print)
-        self.say = self.progress.say  # log lines print above the bar; the bar is the run's only one
+        self.say = say or (lambda line: None)
+        self.done = done or (lambda what, cost: None)
         self.flags: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------------------------ models
@@ -67,37 +76,44 @@ class _Run:
             model = user_model(mcfg, data.spec)
             self.say(f"[mmrobust] {label}: your module {mcfg.module} ({model.modalities}), evaluated as given")
             return model, {"module": mcfg.module, "weights": mcfg.weights}
+        cost = weight("train", cfg, fresh_model(mcfg, data.spec, 0).modalities, self.kinds)
         if dist.from_main(ckpt.exists()):
             model = load_checkpoint(ckpt)
             self.say(f"[mmrobust] {label}: checkpoint found, skipping training")
-            self.progress.advance(weight("train", cfg, model.modalities, self.kinds), f"{label} (stored)")
+            self.done(f"{label} (stored)", cost)
             return model, model.checkpoint_meta.get("train", {})
         info: dict[str, Any] = {}
         if self.main:
             model = fresh_model(mcfg, data.spec, cfg.seed)
             self.say(f"[mmrobust] {label}: training ({model.modalities}, fusion {model.fusion_name})")
-            res = train(model, data, cfg.train.model_copy(update={"seed": cfg.seed,
-                                                                  "quiet": True}),
-                        checkpoint=ckpt)
+            res = train(model, data, cfg.train.model_copy(update={"seed": cfg.seed, "quiet": True}), checkpoint=ckpt)
             self.say(f"[mmrobust] {label}: best val {100 * res.best_val_accuracy:.1f}% at epoch "
-                     f"{res.best_epoch} ({res.seconds:.1f}s)")
+                     f"{res.best_epoch} of {len(res.history)} ({res.seconds:.1f}s)")
             info = res.to_dict()
         dist.barrier()
         if not self.main:
             model = load_checkpoint(ckpt)
             info = model.checkpoint_meta.get("train", {})
-        self.progress.advance(weight("train", cfg, model.modalities, self.kinds), f"trained {label}")
+        self.done(f"trained {label}", cost)
         return model, info
+
+    def stored(self, mcfg: Any, dcfg: Any = None) -> Any:
+        """The trained (``dcfg=None``) or defended model of the grid, as the run folder (or your module) holds it."""
+        if mcfg.name == "adapter":
+            return user_model(mcfg, self.data.spec)
+        label = mcfg.label if dcfg is None else f"{mcfg.label}+{dcfg.label}"
+        return load_checkpoint(self.folder / "models" / f"{label}.pt")
 
     def defended(self, dcfg: Any, mcfg: Any, base: Any) -> tuple[Any, Any, dict[str, Any]]:
         """``(defence, defended model, defence info)`` of ``dcfg`` on the trained model ``base`` (stored or built)."""
         label = f"{mcfg.label}+{dcfg.label}"
         ckpt = self.folder / "models" / f"{label}.pt"
         defense = create_defense(dcfg.name, **dcfg.params)
+        cost = weight("defend", self.cfg, base.modalities, self.kinds)
         if dist.from_main(ckpt.exists()):
             model = load_checkpoint(ckpt)
             self.say(f"[mmrobust] {label}: checkpoint found, skipping the defence")
-            self.progress.advance(weight("defend", self.cfg, model.modalities, self.kinds), f"{label} (stored)")
+            self.done(f"{label} (stored)", cost)
             return defense, model, dict(getattr(model, "defense_info", {}))
         if self.main:
             start = base
@@ -115,12 +131,17 @@ class _Run:
         dist.barrier()
         if not self.main:
             model = load_checkpoint(ckpt)
-        self.progress.advance(weight("defend", self.cfg, model.modalities, self.kinds), f"built {label}")
+        self.done(f"built {label}", cost)
         return defense, model, dict(model.defense_info)
 
     # ------------------------------------------------------------------------------------- cells
-    def cells(self, label: str, defense: str, model: Any, adapt: Any = None) -> list[dict[str, Any]]:
-        """Evaluate (or read back) every cell of ``model``; returns its rows, the clean row first."""
+    def cells(
+        self, label: str, defense: str, model: Any, adapt: Any = None, variants: int = 1
+    ) -> list[dict[str, Any]]:
+        """Evaluate (or read back) every cell of ``model``; returns its rows, the clean row first.
+
+        ``variants``: attack variants per attack condition (adaptive evaluations), for the progress costs.
+        """
         cfg, data = self.cfg, self.data
         clean: dict[str, Any] | None = None
         rows: list[dict[str, Any]] = []
@@ -137,8 +158,8 @@ class _Run:
                     result.save_samples(self.folder / "samples" / label / f"{group.key}.npz")
                 return cell_rows, [{"model": label, "threat": group.key, **f} for f in result.flags]
 
-            variants = max((len(getattr(c, "variants", [c])) for c in group.conditions), default=1)
-            cost = cell_cost(group, cfg, list(model.modalities), self.kinds, variants)
+            n_var = variants if group.family == "attack" else 1
+            cost = cell_cost(group, cfg, list(model.modalities), self.kinds, n_var)
             cell_rows, flags = self.cell(label, group.key, f"{len(group.conditions)} conditions", evaluate_group, cost)
             for r in cell_rows:
                 if r["condition"] != "clean":
@@ -168,7 +189,7 @@ class _Run:
         path = self.folder / "cells" / label / f"{key}.json"
         if dist.from_main(path.exists()):
             stored = json.loads(path.read_text())
-            self.progress.advance(cost, f"{label}: {key} (stored)")
+            self.done(f"{label}: {key} (stored)", cost)
             return stored["rows"], stored.get("flags", [])
         t = time.perf_counter()
         rows, flags = compute()
@@ -177,7 +198,7 @@ class _Run:
                               "seconds": round(time.perf_counter() - t, 2)})
         dist.barrier()
         self.say(f"[mmrobust] {label}: {key} ({what}, {time.perf_counter() - t:.1f}s)")
-        self.progress.advance(cost, f"{label}: {key}")
+        self.done(f"{label}: {key}", cost)
         return rows, flags
 
     def certified(self, model: Any, base: dict[str, Any]) -> list[dict[str, Any]]:
@@ -203,14 +224,178 @@ def dataset_of(cfg: RunConfig) -> Any:
         raise ConfigError(f"dataset ({cfg.dataset.name}): {e}") from None
 
 
+# ------------------------------------------------------------------------------------------ work items
+@dataclass(frozen=True)
+class Task:
+    """One work item of a run: train a model, build one of its defences, or evaluate a model's cells.
+
+    Attributes:
+        kind: ``train``, ``defend`` or ``cells``.
+        model: Index into ``cfg.models``.
+        defense: Index into :func:`~mmrobust.bench.grid.defenses_of` of the model (``cells`` of the
+            trained model: ``None``).
+    """
+
+    kind: str
+    model: int
+    defense: int | None = None
+
+    def deps(self) -> list[Task]:
+        """The work items that must be done first."""
+        if self.kind == "train":
+            return []
+        if self.kind == "defend" or self.defense is None:
+            return [Task("train", self.model)]
+        return [Task("defend", self.model, self.defense)]
+
+
+def tasks_of(cfg: RunConfig, spec: Any) -> list[Task]:
+    """Every work item of ``cfg``, in the order one process runs them (each model, then its defences)."""
+    out = []
+    for i, mcfg in enumerate(cfg.models):
+        out += [Task("train", i), Task("cells", i)]
+        for j in range(len(defenses_of(cfg, mcfg, spec))):
+            out += [Task("defend", i, j), Task("cells", i, j)]
+    return out
+
+
+def perform(state: _Run, task: Task) -> dict[str, Any]:
+    """Do one work item (its inputs are in the run folder); returns what the summary needs of it."""
+    cfg = state.cfg
+    mcfg = cfg.models[task.model]
+    if task.kind == "train":
+        model, info = state.trained(mcfg)
+        return {"modalities": list(model.modalities), "info": {k: info.get(k) for k in
+                                                               ("seconds", "best_epoch", "best_val_accuracy")}}
+    dcfg = None if task.defense is None else defenses_of(cfg, mcfg, state.data.spec)[task.defense]
+    if task.kind == "defend":
+        base = state.stored(mcfg)
+        defense, model, dinfo = state.defended(dcfg, mcfg, base)
+        return {"modalities": list(model.modalities), "dinfo": dinfo, "defense_id": defense.id,
+                "defense_kind": defense.kind, "adaptive": adaptive_labels(defense, base)}
+    before = len(state.flags)
+    if dcfg is None:
+        rows = state.cells(mcfg.label, "none", state.stored(mcfg))
+    else:
+        base, defended = state.stored(mcfg), state.stored(mcfg, dcfg)
+        defense = create_defense(dcfg.name, **dcfg.params)
+        rows = state.cells(f"{mcfg.label}+{dcfg.label}", dcfg.label, defended,
+                           adapt=lambda c: defense.adaptive(c, base, model=defended),
+                           variants=attack_variants(defense, base.modalities))
+    return {"rows": rows, "flags": state.flags[before:]}
+
+
+def attack_variants(defense: Any, modalities: list[str]) -> int:
+    """How many attack variants ``defense`` evaluates adaptively (the progress bar's cost of its attack cells)."""
+    return len(defense.attack_variants(PGD(modalities[0], eps=0.0), None)) if modalities else 1
+
+
+def _sequential(state: _Run, tasks: list[Task], finished: Any) -> dict[Task, dict[str, Any]]:
+    """Every task in order, in this process (every rank under torchrun runs the same calls)."""
+    results: dict[Task, dict[str, Any]] = {}
+    for t in tasks:
+        results[t] = perform(state, t)
+        finished(results)
+    return results
+
+
+# --------------------------------------------------------------------------- worker processes
+_WORKER: _Run | None = None
+
+
+def _init_worker(cfg: RunConfig, folder: Path, events: Any) -> None:
+    global _WORKER
+    torch.set_num_threads(1)
+    _WORKER = _Run(cfg, folder, dataset_of(cfg), say=lambda line: events.put(("say", line)),
+                   done=lambda what, cost: events.put(("done", what, cost)))
+
+
+def _perform_in_worker(task: Task) -> dict[str, Any]:
+    assert _WORKER is not None
+    return perform(_WORKER, task)
+
+
+def _parallel(state: _Run, tasks: list[Task], workers: int, finished: Any) -> dict[Task, dict[str, Any]]:
+    """The tasks in ``workers`` processes (one torch thread each), each as soon as what it needs is done.
+
+    Among the ready tasks the costliest go first, so the longest chains start early. Log lines and
+    progress events come back through a queue; an error in a worker stops the run and is raised here.
+    """
+    ctx = multiprocessing.get_context("spawn")
+    events = ctx.Manager().Queue()
+    cost = {t: _task_cost(state, t) for t in tasks}
+    results: dict[Task, dict[str, Any]] = {}
+    waiting = list(tasks)
+    running: dict[concurrent.futures.Future[dict[str, Any]], Task] = {}
+
+    def drain() -> None:
+        while True:
+            try:
+                event = events.get_nowait()
+            except queue.Empty:
+                return
+            if event[0] == "say":
+                state.say(event[1])
+            else:
+                state.done(event[1], event[2])
+
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                                initargs=(state.cfg, state.folder, events)) as pool:
+        try:
+            while waiting or running:
+                ready = sorted((t for t in waiting if all(d in results for d in t.deps())), key=lambda t: -cost[t])
+                for t in ready[: max(workers - len(running), 0)]:
+                    waiting.remove(t)
+                    running[pool.submit(_perform_in_worker, t)] = t
+                done, _ = concurrent.futures.wait(running, timeout=0.5, return_when=concurrent.futures.FIRST_COMPLETED)
+                drain()
+                for f in done:
+                    results[running.pop(f)] = f.result()
+                if done:
+                    finished(results)
+        except BaseException:
+            for f in running:
+                f.cancel()
+            raise
+        drain()
+    return results
+
+
+def _task_cost(state: _Run, task: Task) -> float:
+    mcfg = state.cfg.models[task.model]
+    mods = list(mcfg.order or []) if mcfg.name == "adapter" else list(fresh_model(mcfg, state.data.spec, 0).modalities)
+    if task.kind in ("train", "defend"):
+        return weight("train" if task.kind == "train" else "defend", state.cfg, mods, state.kinds)
+    return weight("attack", state.cfg, mods, state.kinds) * (1 + (task.defense is not None))
+
+
+def default_workers() -> int:
+    """Worker processes of ``workers: auto``: one per CPU core, at most 4 (1 under torchrun)."""
+    if dist.world_size() > 1:
+        return 1
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
 def run(
     cfg: RunConfig,
     runs_dir: str | os.PathLike[str] = "runs",
     *,
     name: str | None = None,
     quiet: bool = False,
+    workers: int | None = None,
 ) -> Path:
-    """Run ``cfg`` end to end (resuming finished parts) and return the run folder."""
+    """Run ``cfg`` end to end (resuming finished parts) and return the run folder.
+
+    Args:
+        cfg: The run config.
+        runs_dir: Folder of run folders.
+        name: Run folder name (default: the config's).
+        quiet: No progress bar, no log lines.
+        workers: Worker processes that train and evaluate in parallel (default: one per CPU core, at
+            most 4, :func:`default_workers`). Every work item runs with one torch thread whatever the
+            count, so the results do not depend on it (tested), and it is not part of the config: a
+            run folder resumes with any count. Under ``torchrun`` the ranks share each cell instead.
+    """
     t0 = time.perf_counter()
     check_dependencies(cfg)
     folder = Path(runs_dir) / (name or cfg.name)
@@ -232,48 +417,68 @@ def run(
 
     data = dataset_of(cfg)
     check_config(cfg, data.spec)
-    state = _Run(cfg, folder, data, quiet)
+    total, items = plan_run(cfg, data.spec)
+    progress = RunProgress(total, items, enabled=main and not quiet, say=None if quiet or not main else print)
+    state = _Run(cfg, folder, data, say=progress.say, done=progress.advance)
     state.say(f"[mmrobust] dataset {cfg.dataset.name}: {len(data.train)}/{len(data.val)}/{len(data.test)} "
               f"samples, modalities {data.spec.names} (checksum {str(data.meta.get('checksum'))[:12]})")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
+    n_workers = 1 if dist.world_size() > 1 else (workers or default_workers())
+    tasks = tasks_of(cfg, data.spec)
+
+    def finished(results: dict[Task, dict[str, Any]]) -> None:  # results.csv grows as cells finish
+        if main:
+            write_results(folder, [r for t in tasks if t.kind == "cells" and t in results for r in results[t]["rows"]])
+
+    if n_workers > 1:
+        results = _parallel(state, tasks, n_workers, finished)
+    else:
+        threads = torch.get_num_threads()
+        if dist.world_size() == 1:
+            torch.set_num_threads(1)  # the same arithmetic as in workers: results do not depend on the count
+        try:
+            results = _sequential(state, tasks, finished)
+        finally:
+            torch.set_num_threads(threads)
 
     all_rows: list[dict[str, Any]] = []
     models_info: dict[str, Any] = {}
-    for mcfg in cfg.models:
+    flags: list[dict[str, Any]] = []
+    for i, mcfg in enumerate(cfg.models):
         label = mcfg.label
-        model, info = state.trained(mcfg)
-        rows = state.cells(label, "none", model)
-        all_rows.extend(rows)
+        trained, cells = results[Task("train", i)], results[Task("cells", i)]
+        info = trained.get("info", {})
+        all_rows.extend(cells["rows"])
+        flags.extend(cells["flags"])
         models_info[label] = {
             "name": mcfg.name,
             "defense": "none",
-            "modalities": model.modalities,
+            "modalities": trained["modalities"],
             "train_seconds": info.get("seconds"),
             "best_epoch": info.get("best_epoch"),
             "val_accuracy": info.get("best_val_accuracy"),
-            "test_accuracy": rows[0]["accuracy"],
+            "test_accuracy": cells["rows"][0]["accuracy"],
         }
-        if main:
-            write_results(folder, all_rows)
-        for dcfg in defenses_of(cfg, mcfg, data.spec):
-            dlabel = f"{label}+{dcfg.label}"
-            defense, defended, dinfo = state.defended(dcfg, mcfg, model)
-            rows = state.cells(dlabel, dcfg.label, defended,
-                               adapt=lambda c, d=defense, base=model, m=defended: d.adaptive(c, base, model=m))
-            all_rows.extend(rows)
-            models_info[dlabel] = {
+        for j, dcfg in enumerate(defenses_of(cfg, mcfg, data.spec)):
+            built, cells = results[Task("defend", i, j)], results[Task("cells", i, j)]
+            dinfo = built["dinfo"]
+            all_rows.extend(cells["rows"])
+            flags.extend(cells["flags"])
+            models_info[f"{label}+{dcfg.label}"] = {
                 "name": mcfg.name,
                 "base_model": label,
                 "defense": dcfg.label,
-                "defense_id": defense.id,
-                "defense_kind": defense.kind,
-                "adaptive": adaptive_labels(defense, model),
-                "modalities": defended.modalities,
+                "defense_id": built["defense_id"],
+                "defense_kind": built["defense_kind"],
+                "adaptive": built["adaptive"],
+                "modalities": built["modalities"],
                 "defense_seconds": dinfo.get("apply_seconds"),
                 "defense_info": {k: v for k, v in dinfo.items() if not isinstance(v, (list, dict))},
-                "test_accuracy": rows[0]["accuracy"],
+                "test_accuracy": cells["rows"][0]["accuracy"],
             }
-            if main:
-                write_results(folder, all_rows)
+    if main:
+        write_results(folder, all_rows)
 
     summary = {
         "name": name or cfg.name,
@@ -281,12 +486,13 @@ def run(
         "config": cfg.model_dump(mode="json"),
         "dataset": {k: data.meta.get(k) for k in DATASET_META_KEYS},
         "provenance": provenance(),
+        "workers": n_workers,
         "wall_seconds": round(time.perf_counter() - t0, 2),
         "models": models_info,
         "headline": headline(all_rows),
-        "flags": state.flags,
+        "flags": flags,
     }
-    state.progress.close()
+    progress.close()
     if not main:
         return folder
     if dist.world_size() > 1:
