@@ -232,7 +232,7 @@ def _default_models() -> list[ModelConfig]:
 
 
 #: Early stopping of a run's trainings: epochs without a better validation accuracy before stopping.
-RUN_PATIENCE = 3
+RUN_PATIENCE = 5
 
 
 class RunConfig(_Strict):
