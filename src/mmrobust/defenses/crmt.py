@@ -291,6 +291,10 @@ class CRMT(Defense):
             del out.defense_info
         return out
 
+    def rebuild(self, model: MultimodalModel, info: Mapping[str, Any] | None = None) -> MultimodalModel:
+        """The CRMT structure around ``model`` (:meth:`convert`), for saved weights."""
+        return self._mark(self.convert(model), dict(info or {}))
+
     def apply(
         self, model: MultimodalModel, data: DatasetBundle, *, seed: int = 0, quiet: bool = True
     ) -> MultimodalModel:
