@@ -12,6 +12,7 @@ from __future__ import annotations
 from mmrobust.models.adapter import HookedAdapter, ModelAdapter, adapt
 from mmrobust.models.base import MultimodalModel
 from mmrobust.models.checkpoint import load_checkpoint as load
+from mmrobust.models.checkpoint import load_weights
 from mmrobust.models.checkpoint import save_checkpoint as save
 from mmrobust.models.encoders import ENCODERS
 from mmrobust.models.fusion import FUSIONS, Fusion
@@ -30,6 +31,7 @@ __all__ = [
     "adapt",
     "create",
     "load",
+    "load_weights",
     "names",
     "save",
 ]

@@ -364,8 +364,9 @@ class HookedAdapter(ModelAdapter):
         spec: The dataset spec.
         order: The modalities the module takes, in its order.
         hooks: The declaration (:class:`~mmrobust.models.hooks.Hooks`, a preset name or a mapping).
-        call: How the module's forward takes its inputs (``None``: the preset's, else ``positional``);
-            used to check the parts against the forward.
+        call: How the module's forward takes its inputs (``None``: the declared ``fuse_call``, which the
+            presets set to their layout's forward convention, else ``positional``); used to check the
+            parts against the forward.
         output: Maps the module's raw output to logits (for the check).
         supports_drop: Whether the declared fusion accepts absent modalities (``None`` in their list
             or positional slot, no key in the dict); declared late fusion always can.
@@ -394,15 +395,16 @@ class HookedAdapter(ModelAdapter):
         nn.Module.__init__(self)
         if not isinstance(module, nn.Module):
             raise InputError(f"adapter: module must be a torch.nn.Module, got {type(module).__name__}")
-        names_given = _check_order(order, spec) if isinstance(spec, DatasetSpec) else list(order)
-        declared = Hooks.coerce(hooks, module, names_given)
-        if call is None:
-            call = declared.fuse_call if isinstance(hooks, str) or (isinstance(hooks, Mapping) and "preset" in hooks) \
-                else "positional"
-            call = call or "positional"
-        names = self._setup(module, spec, order, call, output, supports_drop, probe, name)
+        if not isinstance(spec, DatasetSpec):
+            raise InputError(f"adapter: spec must be a DatasetSpec (e.g. data.spec), got {type(spec).__name__}")
+        names = _check_order(order, spec)
+        declared = Hooks.coerce(hooks, module, names)
+        call = call or declared.fuse_call or "positional"  # presets: the forward takes what the fusion takes
+        if call not in CALLS:
+            raise InputError(f"adapter: call must be one of {CALLS}, got {call!r}")
+        parts = resolve_hooks(declared, module, names, {m: spec[m] for m in names}, call)  # the declaration first
+        self._setup(module, spec, order, call, output, supports_drop, probe, name)
         object.__setattr__(self, "module", module)  # reachable, but not a second copy of every part in the state dict
-        parts = resolve_hooks(declared, module, names, {m: self.spec[m] for m in names}, call)
         self._parts = parts
         self._build(parts)
         self._drop_ok = parts.late or supports_drop
@@ -581,13 +583,17 @@ class HookedAdapter(ModelAdapter):
         return int(self.encoders[name].token_dim)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """The declared ``trainable`` parts' parameters (default: every declared part's)."""
+        """The declared ``trainable`` parts' parameters (default: all), and every part a defence added.
+
+        A defence that replaces the fusion (CRMT's head, odd-one-out's detector and experts) trains
+        its new parts whatever ``trainable`` says; ``trainable`` chooses among your module's parts.
+        """
         if self._parts.declaration.get("trainable") is None:
             return list(self.parameters())
-        # the same objects as at construction, mapped onto this (possibly deep-copied) model's parameters
-        own = dict(self.named_parameters())
+        # the objects recorded at construction are this model's own (a deep copy maps them onto its copies)
         keep = {id(p) for p in self._parts.trainable}
-        return [p for p in own.values() if id(p) in keep]
+        yours = {id(p) for p in self._parts.owned}
+        return [p for p in self.parameters() if id(p) in keep or id(p) not in yours]
 
     # ----------------------------------------------------------------------------------- hooks
     encode = MultimodalModel.encode
@@ -640,7 +646,8 @@ def adapt(
         spec: The dataset spec.
         order: The modalities the module takes, in its order.
         call: ``positional`` (``forward(x_a, x_b)``), ``list`` (``forward([x_a, x_b])``) or ``dict``
-            (``forward({"a": x_a, ...})``); default ``positional``, or the preset's with ``hooks``.
+            (``forward({"a": x_a, ...})``); default ``positional``, or with ``hooks`` their ``fuse_call``
+            (a preset's layout: MultiBench ``list``, TorchMultimodal ``dict``).
         hooks: The parts of ``module`` (:class:`~mmrobust.models.hooks.Hooks`), a preset name
             (``"multibench"``, ``"torchmultimodal"``, ``"auto"``) or a run config's mapping; ``None``
             wraps the module as one function of its inputs.

@@ -211,6 +211,7 @@ class ResolvedHooks:
         embeddings: ``{modality: module}`` token-embedding layers.
         fuse_call: How the fusion takes the embeddings.
         trainable: The parameters training optimises.
+        owned: Every parameter of the declared parts.
         declaration: The declaration as paths (JSON-friendly; a function fusion is ``"<function>"``).
     """
 
@@ -221,6 +222,7 @@ class ResolvedHooks:
     embeddings: dict[str, nn.Module]
     fuse_call: str
     trainable: list[nn.Parameter]
+    owned: list[nn.Parameter] = field(default_factory=list)
     declaration: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -353,7 +355,8 @@ def resolve_hooks(hooks: Hooks, module: nn.Module, order: Sequence[str], spec_of
         trainable = _unique(trainable)
         decl["trainable"] = [_path_of(module, p, "trainable")[0] for p in hooks.trainable]
     return ResolvedHooks(encoders=encoders, fuse=fuse, head=head, heads=heads, embeddings=embeddings,
-                         fuse_call=fuse_call, trainable=trainable, declaration=decl)
+                         fuse_call=fuse_call, trainable=trainable,
+                         owned=_unique(p for part in parts for p in part.parameters()), declaration=decl)
 
 
 def _unique(params: Any) -> list[nn.Parameter]:
