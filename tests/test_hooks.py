@@ -294,11 +294,50 @@ def test_text_attacks_go_through_the_declared_embedding_layer(trained, toy_data,
     adv = atk.apply(model, x, y, ctx(toy_data))
     assert adv.x["text"] is x["text"]
     delta = adv.embeddings["text"] - emb
-    assert float(delta.abs().max()) <= 0.5 + 1e-6 and float(delta.abs().max()) > 0.1
+    assert float(delta.detach().abs().max()) <= 0.5 + 1e-6 and float(delta.detach().abs().max()) > 0.1
     assert torch.equal(delta[x["text"] == 0], torch.zeros_like(delta[x["text"] == 0]))  # padding untouched
     with torch.no_grad():
         wrong = model(x, embeddings=adv.embeddings).argmax(1) != y
     assert torch.equal(wrong, adv.info["success"]) and bool(wrong.any())
+
+
+def _attack(name: str, source):
+    """Each registered condition on the image (text through its embeddings where it is a gradient attack)."""
+    pgd = mr.attacks.create("pgd", modalities="image", eps=0.1, steps=3)
+    return {
+        "apgd": lambda: mr.attacks.create("apgd", modalities=["image", "text"], eps={"image": 0.1, "text": 0.5},
+                                          steps=3, token_surface="embedding"),
+        "bpda": lambda: mr.attacks.create("bpda", attack=pgd),
+        "corruption": lambda: mr.attacks.create("corruption", modalities="image", kind="gaussian_noise", severity=3),
+        "decoupling": lambda: mr.attacks.create("decoupling", modalities="image", rho_max=0.2, steps=2),
+        "evade": lambda: mr.attacks.create("evade", modalities="image", eps=0.1, steps=3),
+        "fgsm": lambda: mr.attacks.create("fgsm", modalities="text", eps=0.5, token_surface="embedding"),
+        "missing": lambda: mr.attacks.create("missing", modalities="audio", fill="mean"),
+        "pgd": lambda: mr.attacks.create("pgd", modalities="each", eps=EPS, steps=3, token_surface="embedding"),
+        "transfer": lambda: mr.attacks.create("transfer", attack=pgd, source=source),
+        "universal": lambda: mr.attacks.create("universal", modalities="audio", eps=0.1, epochs=1),
+        "worst_case": lambda: mr.attacks.create("worst_case", variants=[pgd, mr.attacks.create(
+            "fgsm", modalities="image", eps=0.1)]),
+    }[name]()
+
+
+#: Conditions that need a fusion of a kind: JR's BPDA mode (evade is plain PGD without a detector).
+NEEDS = {"bpda": "no BPDA mode"}
+
+
+@pytest.mark.parametrize("name", mr.attacks.names())
+def test_every_attack_runs_on_a_declared_model(name, trained, toy_data):
+    model, source = trained["torchmultimodal"], trained["multibench"]
+    cond = _attack(name, source)
+    sub = toy_data.test.subset(list(range(48)))
+    if name in NEEDS:
+        with pytest.raises(UnsupportedError, match=NEEDS[name]):
+            mr.evaluate(model, sub, [cond], checks=False)
+        return
+    res = mr.evaluate(model, sub, [cond], checks=False)
+    assert res.n == 48 and 0.0 <= res.accuracy(cond.id) <= 1.0
+    if cond.family == "attack" and name not in ("universal", "transfer"):  # not per-sample worst cases
+        assert res.accuracy(cond.id) <= res.accuracy() + 1e-9
 
 
 # ------------------------------------------------------------------------------------ every method
@@ -376,7 +415,7 @@ def test_what_cannot_apply_is_refused_in_one_line(trained, toy_data, toy_batch):
     from mmrobust import certify
 
     x, y = toy_batch
-    mb, late = trained["multibench"], trained["late"]
+    mb = trained["multibench"]
     plain = mr.models.adapt(mb.module, toy_data.spec, ORDER, call="list")
     parts = r"declare its parts: mr\.models\.adapt\(module, spec, order, hooks=mr\.models\.Hooks\(encoders="
     for name in DEFENSES.names():  # every defence refuses a module without declared parts, naming them
@@ -408,10 +447,24 @@ def test_what_cannot_apply_is_refused_in_one_line(trained, toy_data, toy_batch):
     cases += [
         (lambda: mr.defenses.create("crmt").check(mlp), UnsupportedError, "linear per-modality heads.*'audio'"),
         (lambda: mr.defenses.create("jr", jacobian="features").check(mlp), InputError,
-         r"jacobian='features' needs linear per-modality heads; .*'audio' is a Sequential"),
+         r"jacobian='features' needs linear per-modality heads .*'audio' is a Sequential"),
     ]
-    # a non-sequence encoder: no sound constants (the empirical ones apply)
-    cases.append((lambda: certify.sound_lipschitz(late), UnsupportedError, r"'text': encoder .* not a plain layer"))
+    # an encoder that is not a layer sequence: no sound constants (the empirical ones apply)
+    class Wrapped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = conv_encoder(8, 6)
+
+        def forward(self, x):
+            return self.net(x)
+
+    torch.manual_seed(0)
+    net = LateNet()
+    net.img = Wrapped()
+    wrapped = mr.models.adapt(net, toy_data.spec, ORDER, hooks=LATE_HOOKS)
+    certify.lipschitz_constants(wrapped, "empirical", toy_data.train)
+    cases.append((lambda: certify.sound_lipschitz(wrapped), UnsupportedError,
+                  r"'image': encoder Wrapped is not a plain layer sequence .*use lipschitz kind 'empirical'"))
     for call, kind, match in cases:
         with pytest.raises(kind, match=match):
             call()
@@ -492,7 +545,7 @@ def test_a_run_trains_defends_and_resumes_your_module(tmp_path, monkeypatch, mmd
             "threats": {"missing": {"fills": ["zeros"]}, "corruptions": None, "certify": None,
                         "attacks": [{"name": "pgd", "eps": [{"image": 0.1, "audio": 0.05, "text": 0.5}],
                                      "params": {"steps": 1}, "samples": 16}]}}
-    bad = validate_config({**base, "defenses": [{"name": "jr", "models": ["mmdl"]}]})
+    bad = validate_config({**base, "name": "bad", "defenses": [{"name": "jr", "models": ["mmdl"]}]})
     with pytest.raises(ConfigError, match=r"defenses.0 \(jr\): cannot defend model 'mmdl': .*heads="):
         run(bad, tmp_path / "runs", quiet=True, workers=1)
     plain = {**entry, "hooks": None, "call": "list", "id": "plain"}  # text attacks need the declared embedding layer

@@ -230,12 +230,14 @@ class JR(Defense):
         super().check(model)
         if isinstance(model.fusion, JRFusion):
             raise InputError("jr: this model is already JR-defended; apply JR to the undefended late-fusion model")
-        if self.jacobian == "features":
-            other = [m for m in model.modalities if not isinstance(model.fusion.heads[m], nn.Linear)]
-            if other:
-                kind = type(model.fusion.heads[other[0]]).__name__
-                raise InputError(f"jr: jacobian='features' needs linear per-modality heads (G_m = A_m, the head's "
-                                 f"weight); the head of {other[0]!r} is a {kind}: use jacobian='logits' or 'input'")
+        # G_m = A_m, the head's weight: every modality in features mode, token modalities in input mode
+        linear = {"features": list(model.modalities),
+                  "input": [m for m in model.modalities if model.spec[m].is_tokens]}.get(self.jacobian, [])
+        other = [m for m in linear if not isinstance(model.fusion.heads[m], nn.Linear)]
+        if other:
+            kind = type(model.fusion.heads[other[0]]).__name__
+            raise InputError(f"jr: jacobian={self.jacobian!r} needs linear per-modality heads (G_m = A_m, the head's "
+                             f"weight); the head of {other[0]!r} is a {kind}: use jacobian='logits'")
         if isinstance(self.select_eps, dict):
             bad = [m for m in self.select_eps if m not in model.modalities]
             if bad:

@@ -60,7 +60,7 @@ import torch
 from torch import Tensor, nn
 
 from mmrobust.errors import InputError, MMRobustError, UnsupportedError
-from mmrobust.models.base import HOOKS, MultimodalModel
+from mmrobust.models.base import HOOKS, MultimodalModel, require_hook
 from mmrobust.models.hooks import (
     CALLS,
     DeclaredEncoder,
@@ -600,9 +600,13 @@ class HookedAdapter(ModelAdapter):
     fuse = MultimodalModel.fuse
     head_from_fused = MultimodalModel.head_from_fused
     logits_from_embeddings = MultimodalModel.logits_from_embeddings
-    unimodal_logits = MultimodalModel.unimodal_logits
     branch_logits = MultimodalModel.branch_logits
     forward = MultimodalModel.forward
+
+    def unimodal_logits(self, x: Mapping[str, Tensor], drop: Sequence[str] = ()) -> dict[str, Tensor]:
+        """Per-modality logits ``{m: (N, K)}`` of the declared heads (declared late fusion only)."""
+        require_hook(self, "unimodal logits", "unimodal_logits")
+        return MultimodalModel.unimodal_logits(self, x, drop)
 
     def encode_one(self, name: str, x_m: Tensor) -> Tensor:
         """z_m (N, d) of modality ``name`` through its declared encoder."""
