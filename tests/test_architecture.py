@@ -17,6 +17,7 @@ FLOORS = {
     "defenses": 6, "analysis": 6,
     "bench": 7,
     "cli": 8,
+    "examples": 9,
 }
 # third-party parts kept lazy on purpose (heavy or optional); docs/architecture.md lists them
 LAZY_OK = ("matplotlib", "h5py", "torch.utils.tensorboard", "sklearn", "scipy")

@@ -157,3 +157,37 @@ def test_trained_fusions_raise_no_reliability_flag(default_run):
         res = mr.evaluate(model, test, conds)
         assert res.flags == [], (name, res.flag_report())
         assert res.accuracy(conds[1].id) <= res.accuracy(conds[0].id) <= res.accuracy()
+
+
+# ------------------------------------------------------------------------------------ your own model
+MMDL_DEFENDED = ["mmdl+ooo", "mmdl+at", "mmdl+mixup", "mmdl+plain_mixup", "mmdl+modality_dropout"]
+
+
+@pytest.fixture(scope="session")
+def multibench_run(tmp_path_factory):
+    from pathlib import Path
+
+    runs = tmp_path_factory.mktemp("runs-multibench")
+    config = Path(__file__).resolve().parents[1] / "configs" / "multibench.yaml"
+    assert main(["run", str(config), "--runs-dir", str(runs), "--quiet"]) == 0
+    return runs / "multibench"
+
+
+def test_multibench_model_meets_every_threat_and_defence(multibench_run, capsys):
+    """configs/multibench.yaml: a MultiBench-layout module, trained by mr.train through its declared hooks."""
+    rows = read_rows(multibench_run)
+    acc = clean_acc(rows)
+    assert set(acc) == {"mmdl", *MMDL_DEFENDED}
+    assert acc["mmdl"] >= 0.85, acc
+    for label in acc:
+        mine = [r for r in rows if r["model"] == label]
+        assert {r["family"] for r in mine} == {"clean", "missing", "attack", "corruption"}, label
+        assert {r["modalities"] for r in mine if r["family"] == "corruption"} == {"image", "audio", "text"}
+        pgd = [float(r["accuracy"]) for r in mine if r["threat"] == "attack-pgd-each" and r["family"] == "attack"]
+        assert len(pgd) == 2 and pgd[1] <= pgd[0] <= acc[label] + 1e-9, (label, pgd)
+    summary = json.loads((multibench_run / "summary.json").read_text())
+    assert summary["models"]["mmdl+ooo"]["adaptive"] == "evade+cw+ce"
+    assert main(["run", str(multibench_run / "config.yaml"), "--runs-dir", str(multibench_run.parent)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("checkpoint found, skipping training") == 1
+    assert out.count("checkpoint found, skipping the defence") == len(MMDL_DEFENDED)

@@ -32,14 +32,35 @@ def _train(args: argparse.Namespace) -> int:
     given = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size}
     overrides = {k: v for k, v in given.items() if v is not None}
     if args.start is not None:
-        model = models.load(args.start)
+        from mmrobust.bench.user_model import load_any
+
+        model = load_any(args.start)
         label = Path(args.start).stem
+    elif args.module is not None:
+        from mmrobust.bench.config import ModelConfig
+        from mmrobust.bench.user_model import user_model
+
+        if not args.order:
+            raise InputError("train: --module needs --order (the modalities your forward takes, e.g. image,audio)")
+        try:
+            hooks = json.loads(args.hooks) if args.hooks and args.hooks.lstrip().startswith("{") else args.hooks
+            kwargs = json.loads(args.kwargs) if args.kwargs else {}
+        except json.JSONDecodeError as e:
+            raise InputError(f"train: --hooks / --kwargs must be a preset name or JSON: {e}") from None
+        label = args.module.partition(":")[2] or "adapter"
+        try:
+            mcfg = ModelConfig(name="adapter", id=label, module=args.module, kwargs=kwargs,
+                               order=args.order.split(","), call=args.call, weights=args.weights, hooks=hooks)
+        except ValueError as e:
+            raise InputError(f"train: {e}") from None
+        model = user_model(mcfg, data.spec, seed=args.seed)
     elif args.model is not None:
         kwargs = {"modality": args.modality} if args.modality else {}
         model = models.create(args.model, data.spec, seed=args.seed, **kwargs)
         label = f"{args.model}{'-' + args.modality if args.modality else ''}"
     else:
-        raise InputError("train: give --model NAME (a fresh model) or --from CHECKPOINT (a trained one)")
+        raise InputError("train: give --model NAME (a fresh model), --module PKG.MOD:FACTORY (your own nn.Module) "
+                         "or --from CHECKPOINT (a trained one)")
     if args.defense is None:
         out = Path(args.out or f"checkpoints/{label}.pt")
         res = train(model, data, seed=args.seed, quiet=args.quiet, checkpoint=out, **overrides)
@@ -89,13 +110,13 @@ def _check_train_settings(name: str, hparams: dict[str, Any]) -> None:
 def _evaluate(args: argparse.Namespace) -> int:
     from mmrobust import datasets
     from mmrobust.attacks.missing import Missing
+    from mmrobust.bench.user_model import load_any
     from mmrobust.errors import InputError
     from mmrobust.evaluate import evaluate, rows_to_csv
-    from mmrobust.models import load
     from mmrobust.utils.io import write_json, write_text
     from mmrobust.utils.provenance import provenance
 
-    model = load(args.checkpoint)
+    model = load_any(args.checkpoint)
     dmeta = model.checkpoint_meta.get("dataset", {})
     mmdigits = args.dataset == "mmdigits"
     data = datasets.load(args.dataset, **datasets.dataset_options(
@@ -280,6 +301,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "adversarial_training:eps=image:0.1/audio:0.05, jr:gamma=auto (with --from); training "
                         "settings: epochs=N,train=lr:0.001/batch_size:32")
     t.add_argument("--modality", default=None, help="modality of a unimodal model")
+    t.add_argument("--module", default=None, metavar="PKG.MOD:FACTORY",
+                   help="your own nn.Module instead of --model: the factory that builds it (docs/models.md)")
+    t.add_argument("--order", default=None, help="with --module: the modalities its forward takes, e.g. image,audio")
+    t.add_argument("--call", default=None, choices=["positional", "list", "dict"],
+                   help="with --module: forward(x_a, x_b), forward([x_a, x_b]) or forward({...})")
+    t.add_argument("--hooks", default=None, metavar="PRESET|JSON",
+                   help="with --module: its declared parts, multibench / torchmultimodal / auto or a JSON mapping, "
+                        "e.g. "
+                        "'{\"preset\": \"multibench\", \"embeddings\": {\"text\": \"encoders.2.embedding\"}}'")
+    t.add_argument("--kwargs", default=None, metavar="JSON", help="with --module: keyword arguments of the factory")
+    t.add_argument("--weights", default=None, help="with --module: a state_dict file to start from")
     t.add_argument("--dataset", default="mmdigits", help="mmdigits, or a loader of your files: avmnist, mosi, "
                    "mosei, npz, hdf5 (with --data-path)")
     t.add_argument("--data-path", default=None, help="your data: the avmnist folder or the mosi/mosei/npz/hdf5 file")

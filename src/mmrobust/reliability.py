@@ -287,7 +287,7 @@ class ReliabilityChecks:
         for m in model.modalities:
             spec = model.spec[m]
             if spec.is_tokens:
-                if hasattr(model.encoders[m], "embed"):
+                if model.has_token_embeddings(m):
                     with torch.no_grad():
                         eps[m] = 10.0 * float(model.embed(m, x[m]).abs().max()) + 1.0
             elif spec.perturbable:

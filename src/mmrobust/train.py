@@ -131,12 +131,21 @@ class Objective(Protocol):
 
 
 def standard_objective(unimodal_loss: float) -> Objective:
-    """Cross-entropy of the fused logits plus ``unimodal_loss`` × the mean per-branch cross-entropy."""
+    """Cross-entropy of the fused logits plus ``unimodal_loss`` × the mean per-branch cross-entropy.
+
+    Through the hooks: z = ``encode(x)``, ``fuse(z)``, ``head_from_fused``, ``branch_logits(z, aux)``
+    (late fusion: the per-modality logits; other fusions: auxiliary heads, where a model has or
+    declares them). A foreign module without declared hooks (``mr.models.adapt`` without ``hooks``)
+    is trained end to end on the cross-entropy of its forward.
+    """
 
     def objective(
         model: MultimodalModel, x: dict[str, torch.Tensor], y: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
         z = model.encode(x)
+        if model.hook_error("fuse") is not None:  # one function of its inputs: no fused embedding, no branches
+            logits = model.logits_from_embeddings(z)
+            return F.cross_entropy(logits, y), logits
         fused, aux = model.fuse(z)
         logits = model.head_from_fused(fused)
         loss = F.cross_entropy(logits, y)
@@ -182,7 +191,9 @@ def train(
         checkpoint: If given, save the selected model there (atomically) with the training record.
         objective: Per-batch loss (default :func:`standard_objective` with ``config.unimodal_loss``);
             called with the model in train mode and the (modality-dropped) batch.
-        parameters: Parameters to optimise (default: all of the model's).
+        parameters: Parameters to optimise (default: ``model.trainable_parameters()``: all of a native
+            model's; an adapter's declared ``trainable`` parts). The model's other parameters are
+            frozen (``requires_grad=False``) during training and restored after.
         score: Validation score to maximise for model selection, ``score(model, data.val)`` with the
             model in eval mode (default: validation accuracy).
         **overrides: Individual :class:`TrainConfig` fields, e.g. ``epochs=5``.
@@ -204,10 +215,32 @@ def train(
     val_set = data.val.select(model.modalities)
     objective = objective or standard_objective(cfg.unimodal_loss)
     score = score or accuracy
-    params = list(model.parameters() if parameters is None else parameters)
+    params = list(model.trainable_parameters() if parameters is None else parameters)
     if not params:
         raise InputError("train(): no parameters to optimise")
+    optimised = {id(p) for p in params}
+    frozen = [p for p in model.parameters() if id(p) not in optimised and p.requires_grad]
+    for p in frozen:  # no gradients for what does not train (restored at the end)
+        p.requires_grad_(False)
+    try:
+        return _fit(model, data, cfg, train_set, val_set, objective, score, params, checkpoint)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
 
+
+def _fit(
+    model: MultimodalModel,
+    data: DatasetBundle,
+    cfg: TrainConfig,
+    train_set: MultimodalDataset,
+    val_set: MultimodalDataset,
+    objective: Objective,
+    score: Callable[[MultimodalModel, MultimodalDataset], float],
+    params: list[torch.nn.Parameter],
+    checkpoint: str | os.PathLike[str] | None,
+) -> TrainResult:
+    """The loop of :func:`train` (arguments resolved)."""
     writer = _tensorboard_writer(cfg.tensorboard)
     gen = seed_everything(cfg.seed)
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -216,8 +249,6 @@ def train(
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
     steps_per_epoch = (len(train_set) + cfg.batch_size - 1) // cfg.batch_size
-
-
     bar = tqdm(total=cfg.epochs * steps_per_epoch, disable=cfg.quiet, desc="train", leave=False)
     for epoch in range(1, cfg.epochs + 1):
         model.train()

@@ -44,6 +44,7 @@ from mmrobust.attacks.gradient import attack_mode
 from mmrobust.attacks.missing import fill_modality
 from mmrobust.attacks.registry import ATTACKS
 from mmrobust.errors import InputError, UnsupportedError
+from mmrobust.models.base import require_hook
 from mmrobust.utils.checks import check_int, check_positive
 
 OBJECTIVES: tuple[str, ...] = ("ce", "embedding", "cross_modal")
@@ -322,7 +323,8 @@ class Decoupling(Condition):
         return mods
 
     def check(self, model: Any) -> None:
-        """Raise a clear error if this attack cannot run on ``model``."""
+        """Raise a clear error if this attack cannot run on ``model`` (it needs the fused embedding Φ)."""
+        require_hook(model, "decoupling", "fuse")
         self.resolve(model)
 
     # ------------------------------------------------------------------------------------ attack

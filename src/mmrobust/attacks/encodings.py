@@ -39,8 +39,10 @@ class CleanEncodings:
     def get(self, modality: str) -> Tensor:
         """z_m of the clean batch (computed on first use, without gradients)."""
         if modality not in self._z:
+            # Under no_grad the output already carries no graph; keeping the very tensor (no .detach() copy)
+            # lets fusions that trace an embedding back to its input (JR's jacobian="input") find it.
             with torch.no_grad():
-                self._z[modality] = self.model.encode_one(modality, self.x[modality]).detach()
+                self._z[modality] = self.model.encode_one(modality, self.x[modality])
         return self._z[modality]
 
     def lookup(self, model: Any, modality: str, x_m: Tensor) -> Tensor | None:

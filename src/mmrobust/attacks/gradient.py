@@ -176,7 +176,7 @@ class Objective:
             for m in threat.modalities:
                 if threat.surface[m] == "embedding":
                     self.origin[m] = model.embed(m, x[m]).detach()
-                    self.masks[m] = model.encoders[m].mask(x[m])[..., None]
+                    self.masks[m] = model.token_mask(m, x[m])[..., None]
                 else:
                     self.origin[m] = x[m].detach()
             # The speed-up: the untouched modalities are encoded once per batch (and shared by every

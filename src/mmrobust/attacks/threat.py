@@ -476,7 +476,7 @@ class ThreatModel:
 
         Args:
             model: A :class:`~mmrobust.models.MultimodalModel` (uses ``modalities``, ``spec`` and,
-                for token modalities attacked through embeddings, its text encoders).
+                for token modalities attacked through embeddings, ``hook_error("embeddings", m)``).
 
         Returns:
             A :class:`ResolvedThreat` (modalities in the model's order).
@@ -485,7 +485,8 @@ class ThreatModel:
             InputError: unknown modality (listing the model's modalities), a token-id modality
                 without ``token_surface="embedding"``, a modality whose spec is not perturbable,
                 or ``eps`` entries that do not match the attacked modalities.
-            UnsupportedError: a token modality whose encoder has no embedding surface.
+            UnsupportedError: a token modality without a token-embedding surface (the model's
+                ``hook_error`` names what to declare for an adapter).
         """
         names = list(model.modalities)
         if self.each:
@@ -516,12 +517,9 @@ class ThreatModel:
                         "embedding units), use the discrete text corruptions, or leave it out of "
                         "modalities"
                     )
-                enc = model.encoders[m]
-                if not (hasattr(enc, "embed") and hasattr(enc, "forward_embedded") and hasattr(enc, "mask")):
-                    raise UnsupportedError(
-                        f"modality {m!r}: its encoder {type(enc).__name__} has no token-embedding surface "
-                        "(embed / forward_embedded / mask)"
-                    )
+                why = model.hook_error("embeddings", m)
+                if why is not None:
+                    raise UnsupportedError(why)
                 surface[m], low[m], high[m] = "embedding", None, None
             else:
                 if not spec.perturbable:

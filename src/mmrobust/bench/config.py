@@ -49,8 +49,14 @@ class ModelConfig(_Strict):
 
     Your own module: ``name: adapter``, ``module: "package.module:factory"`` (a class or function
     called with ``kwargs`` that returns the ``nn.Module``), ``order`` (the modalities its forward
-    takes, positionally, or by name with ``call: dict``), optionally ``weights`` (a ``state_dict``
-    file). It is evaluated as given (not trained); see ``mr.models.adapt``.
+    takes), ``call`` (``positional``: ``forward(x_a, x_b)``, ``list``: ``forward([x_a, x_b])``,
+    ``dict``: ``forward({"a": x_a, ...})``; default: the hooks preset's, else positional), optionally
+    ``weights`` (a ``state_dict`` file) and ``hooks`` (its parts: a preset ``multibench`` /
+    ``torchmultimodal`` / ``auto``, or ``{encoders: {m: path}, fuse: path, head: path, heads: {m: path},
+    embeddings: {m: path}, fuse_call: list, trainable: [paths]}``, optionally starting from a
+    ``preset:``; docs/models.md). ``train: true`` trains it with the run's ``train`` section
+    (from ``weights`` if given); otherwise it is evaluated as given. Defences apply to it where its
+    declared hooks allow (see ``mr.models.adapt``).
     """
 
     name: str = Field(description="Model registry name (late, concat, attention, gated, unimodal) or 'adapter'.")
@@ -59,8 +65,14 @@ class ModelConfig(_Strict):
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra model hyper-parameters.")
     module: str | None = Field(None, description="Adapter: import path 'package.module:factory' of your module.")
     order: list[str] | None = Field(None, description="Adapter: the modalities your forward takes, in order.")
-    call: Literal["positional", "dict"] = Field("positional", description="Adapter: forward(x_a, x_b) or forward(x).")
+    call: Literal["positional", "list", "dict"] | None = Field(
+        None, description="Adapter: forward(x_a, x_b), forward([x_a, x_b]) or forward({...}) (default: the hooks "
+        "preset's, else positional).")
     weights: str | None = Field(None, description="Adapter: a state_dict file to load into your module.")
+    hooks: str | dict[str, Any] | None = Field(
+        None, description="Adapter: its declared parts (a preset multibench / torchmultimodal / auto, or a mapping "
+        "of encoders, fuse, head, heads, embeddings, fuse_call, trainable; docs/models.md).")
+    train: bool = Field(False, description="Adapter: train it with the run's train section (else evaluated as given).")
 
     @model_validator(mode="after")
     def _adapter(self) -> ModelConfig:
@@ -69,8 +81,8 @@ class ModelConfig(_Strict):
                 raise ValueError("an adapter model needs module: 'package.module:factory' and order: [modalities]")
             if ":" not in self.module:
                 raise ValueError(f"module must be written 'package.module:factory', got {self.module!r}")
-        elif self.module or self.order or self.weights:
-            raise ValueError("module, order and weights are for name: adapter (your own nn.Module)")
+        elif self.module or self.order or self.weights or self.hooks is not None or self.call or self.train:
+            raise ValueError("module, order, call, weights, hooks and train are for name: adapter (your own nn.Module)")
         return self
 
     @property

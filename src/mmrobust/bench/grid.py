@@ -10,11 +10,12 @@ applicability is what its :meth:`~mmrobust.defenses.Defense.check` and declared 
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from mmrobust.attacks.pgd import PGD
 from mmrobust.bench.config import DefenseConfig, ModelConfig, RunConfig
-from mmrobust.bench.threats import check_threats
+from mmrobust.bench.threats import check_threats, threat_groups
 from mmrobust.bench.user_model import user_model
 from mmrobust.certify import certifiable_modalities, late_head
 from mmrobust.defenses import Defense
@@ -23,6 +24,9 @@ from mmrobust.errors import ConfigError, MMRobustError, require
 from mmrobust.models import create as create_model
 from mmrobust.models.base import MultimodalModel
 from mmrobust.spec import DatasetSpec
+
+#: Untrained models of grid entries, built once per process for the defences' checks.
+_PROBES: dict[tuple[str, str], MultimodalModel] = {}
 
 
 def check_dependencies(cfg: RunConfig) -> None:
@@ -52,9 +56,24 @@ def check_config(cfg: RunConfig, spec: DatasetSpec) -> None:
         if m.modality is not None and m.modality not in names:
             raise ConfigError(f"models.{i}.modality: {m.modality!r} is not a modality of the dataset {names}")
         if m.name == "adapter":
-            user_model(m, spec)  # import, build and wrap now: a bad entry fails before anything trains
+            model = user_model(m, spec)  # import, build and wrap now: a bad entry fails before anything trains
+            check_model_threats(cfg, m, model)
     check_threats(cfg, spec)
     check_defenses(cfg, spec)
+
+
+def check_model_threats(cfg: RunConfig, mcfg: ModelConfig, model: MultimodalModel) -> None:
+    """Every condition of ``cfg.threats`` must run on ``model`` (your module: e.g. text attacks need its embeddings).
+
+    Raises:
+        ConfigError: ``models.<id>: threat <cell>: <why>`` for the first condition the model cannot take.
+    """
+    for group in threat_groups(model, cfg):
+        for c in group.conditions:
+            try:
+                c.check(model)
+            except MMRobustError as e:
+                raise ConfigError(f"models ({mcfg.label}): threat {group.key} cannot run on it: {e}") from None
 
 
 def check_defenses(cfg: RunConfig, spec: DatasetSpec) -> None:
@@ -84,7 +103,12 @@ def check_defenses(cfg: RunConfig, spec: DatasetSpec) -> None:
 
 
 def fresh_model(mcfg: ModelConfig, spec: DatasetSpec, seed: int) -> MultimodalModel:
-    """A new, untrained model of the grid entry ``mcfg``."""
+    """A new, untrained model of the grid entry ``mcfg`` (your module: the factory's seeded initialisation).
+
+    Your module starts from its ``weights`` file when the entry gives one (training fine-tunes it).
+    """
+    if mcfg.name == "adapter":
+        return user_model(mcfg, spec, seed=seed)
     kwargs = dict(mcfg.kwargs)
     if mcfg.modality is not None:
         kwargs["modality"] = mcfg.modality
@@ -92,11 +116,15 @@ def fresh_model(mcfg: ModelConfig, spec: DatasetSpec, seed: int) -> MultimodalMo
 
 
 def defense_error(d: DefenseConfig, mcfg: ModelConfig, spec: DatasetSpec) -> str | None:
-    """Why defence entry ``d`` cannot apply to grid model ``mcfg`` (``None``: it can)."""
-    if mcfg.name == "adapter":
-        return "defences change a model's internals; an adapter wraps your own module"
+    """Why defence entry ``d`` cannot apply to grid model ``mcfg`` (``None``: it can).
+
+    Your own module: what its declared hooks allow (e.g. JR and CRMT need declared late fusion).
+    """
+    key = (mcfg.model_dump_json(), json.dumps(spec.to_dict(), sort_keys=True))
+    if key not in _PROBES:  # a check only reads the model: build each grid entry once per process
+        _PROBES[key] = fresh_model(mcfg, spec, 0)
     try:
-        create_defense(d.name, **d.params).check(fresh_model(mcfg, spec, 0))
+        create_defense(d.name, **d.params).check(_PROBES[key])
     except MMRobustError as e:
         return str(e)
     return None

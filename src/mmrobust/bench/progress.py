@@ -61,11 +61,9 @@ def plan_run(cfg: RunConfig, spec: DatasetSpec) -> tuple[float, int]:
     kinds = {m.name: m.kind for m in spec}
     total, items = 0.0, 0
     for mcfg in cfg.models:
-        if mcfg.name == "adapter":
-            mods, certify, groups = list(mcfg.order or []), False, []
-        else:
-            model = fresh_model(mcfg, spec, 0)
-            mods, certify, groups = list(model.modalities), certifiable(model), threat_groups(model, cfg)
+        model = fresh_model(mcfg, spec, 0)  # your module too: its hooks decide its cells
+        mods, certify, groups = list(model.modalities), certifiable(model), threat_groups(model, cfg)
+        if mcfg.name != "adapter" or mcfg.train:  # your module evaluated as given is not trained
             total, items = total + weight("train", cfg, mods, kinds), items + 1
         defenses = [create_defense(d.name, **d.params) for d in defenses_of(cfg, mcfg, spec)]
         for defense in [None, *defenses]:

@@ -37,11 +37,11 @@ from mmrobust.bench.progress import RunProgress, cell_cost, plan_run, weight
 from mmrobust.bench.report import write_report
 from mmrobust.bench.results import headline, pivot_table, write_results
 from mmrobust.bench.threats import threat_groups
-from mmrobust.bench.user_model import user_model
+from mmrobust.bench.user_model import stored_user_model, user_model
 from mmrobust.certify.curves import certified_rows
 from mmrobust.datasets import load as load_dataset
 from mmrobust.defenses import create as create_defense
-from mmrobust.errors import ConfigError, MMRobustError
+from mmrobust.errors import ConfigError, MMRobustError, UnsupportedError
 from mmrobust.evaluate import evaluate
 from mmrobust.models.checkpoint import load_checkpoint, save_checkpoint
 from mmrobust.train import train
@@ -69,40 +69,52 @@ class _Run:
 
     # ------------------------------------------------------------------------------------ models
     def trained(self, mcfg: Any) -> tuple[Any, dict[str, Any]]:
-        """The grid's model ``mcfg``: the user's module, the stored checkpoint, or a freshly trained one."""
+        """The grid's model ``mcfg``: the stored checkpoint, or a freshly trained one (your module: also as given)."""
         cfg, data, label = self.cfg, self.data, mcfg.label
         ckpt = self.folder / "models" / f"{label}.pt"
-        if mcfg.name == "adapter":
+        user = mcfg.name == "adapter"
+        if user and not mcfg.train:
             model = user_model(mcfg, data.spec)
             self.say(f"[mmrobust] {label}: your module {mcfg.module} ({model.modalities}), evaluated as given")
             return model, {"module": mcfg.module, "weights": mcfg.weights}
-        cost = weight("train", cfg, fresh_model(mcfg, data.spec, 0).modalities, self.kinds)
+        mods = list(mcfg.order) if user else fresh_model(mcfg, data.spec, 0).modalities
+        cost = weight("train", cfg, mods, self.kinds)
         if dist.from_main(ckpt.exists()):
-            model = load_checkpoint(ckpt)
+            model = self.stored(mcfg)
             self.say(f"[mmrobust] {label}: checkpoint found, skipping training")
             self.done(f"{label} (stored)", cost)
             return model, model.checkpoint_meta.get("train", {})
         info: dict[str, Any] = {}
         if self.main:
             model = fresh_model(mcfg, data.spec, cfg.seed)
-            self.say(f"[mmrobust] {label}: training ({model.modalities}, fusion {model.fusion_name})")
+            what = f"your module {mcfg.module}" if user else f"fusion {model.fusion_name}"
+            self.say(f"[mmrobust] {label}: training ({model.modalities}, {what})")
             res = train(model, data, cfg.train.model_copy(update={"seed": cfg.seed, "quiet": True}), checkpoint=ckpt)
             self.say(f"[mmrobust] {label}: best val {100 * res.best_val_accuracy:.1f}% at epoch "
                      f"{res.best_epoch} of {len(res.history)} ({res.seconds:.1f}s)")
             info = res.to_dict()
         dist.barrier()
         if not self.main:
-            model = load_checkpoint(ckpt)
+            model = self.stored(mcfg)
             info = model.checkpoint_meta.get("train", {})
         self.done(f"trained {label}", cost)
         return model, info
 
     def stored(self, mcfg: Any, dcfg: Any = None) -> Any:
-        """The trained (``dcfg=None``) or defended model of the grid, as the run folder (or your module) holds it."""
+        """The trained (``dcfg=None``) or defended model of the grid, as the run folder (or your module) holds it.
+
+        Your own module is rebuilt from its entry and the saved weights are loaded into it (a defended
+        one into the structure :meth:`~mmrobust.defenses.Defense.rebuild` gives).
+        """
+        models = self.folder / "models"
         if mcfg.name == "adapter":
-            return user_model(mcfg, self.data.spec)
+            trained = models / f"{mcfg.label}.pt" if mcfg.train else None
+            if dcfg is None:
+                return stored_user_model(mcfg, self.data.spec, trained)
+            defense = create_defense(dcfg.name, **dcfg.params)
+            return stored_user_model(mcfg, self.data.spec, trained, defense, models / f"{mcfg.label}+{dcfg.label}.pt")
         label = mcfg.label if dcfg is None else f"{mcfg.label}+{dcfg.label}"
-        return load_checkpoint(self.folder / "models" / f"{label}.pt")
+        return load_checkpoint(models / f"{label}.pt")
 
     def defended(self, dcfg: Any, mcfg: Any, base: Any) -> tuple[Any, Any, dict[str, Any]]:
         """``(defence, defended model, defence info)`` of ``dcfg`` on the trained model ``base`` (stored or built)."""
@@ -111,7 +123,7 @@ class _Run:
         defense = create_defense(dcfg.name, **dcfg.params)
         cost = weight("defend", self.cfg, base.modalities, self.kinds)
         if dist.from_main(ckpt.exists()):
-            model = load_checkpoint(ckpt)
+            model = self.stored(mcfg, dcfg)
             self.say(f"[mmrobust] {label}: checkpoint found, skipping the defence")
             self.done(f"{label} (stored)", cost)
             return defense, model, dict(getattr(model, "defense_info", {}))
@@ -130,7 +142,7 @@ class _Run:
             self.say(f"[mmrobust] {label}: built in {seconds:.1f}s")
         dist.barrier()
         if not self.main:
-            model = load_checkpoint(ckpt)
+            model = self.stored(mcfg, dcfg)
         self.done(f"built {label}", cost)
         return defense, model, dict(model.defense_info)
 
@@ -205,8 +217,14 @@ class _Run:
         """Rows of the ``certified`` cell: certified accuracy per Lipschitz kind × perturbed set × radius."""
         c = self.cfg.threats.certify
         out: dict[tuple[str, float], dict[str, Any]] = {}
-        for r in certified_rows(model, self.data.test, self.data.train, c.lipschitz, c.radii,
-                                batch_size=self.cfg.eval_batch_size):
+        rows = []
+        for kind in c.lipschitz:
+            try:
+                rows += certified_rows(model, self.data.test, self.data.train, [kind], c.radii,
+                                       batch_size=self.cfg.eval_batch_size)
+            except UnsupportedError as e:  # e.g. sound constants of your own encoder that is not a layer sequence
+                self.say(f"[mmrobust] {base['model']}: no {kind} certificate: {e}")
+        for r in rows:
             cond = f"certified[{r['modalities']}|lipschitz={r['lipschitz']}]"
             out.setdefault((cond, r["radius"]), {  # one-modality models: joint and single are the same row
                 **base, "threat": "certified", "condition": cond, "label": cond, "family": "certified",

@@ -51,6 +51,7 @@ from mmrobust.certify.layers import flatten_sequential, trace
 from mmrobust.certify.margins import late_head
 from mmrobust.errors import InputError, UnsupportedError
 from mmrobust.models.encoders import AudioEncoder, FeatureEncoder, ImageEncoder
+from mmrobust.models.hooks import DeclaredEncoder
 
 KINDS: tuple[str, ...] = ("empirical", "sound")
 
@@ -205,13 +206,16 @@ def empirical_lipschitz(
 def encoder_layers(model: Any, modality: str) -> list[tuple[str, nn.Module]]:
     """The layer sequence of φ_m, with dotted paths.
 
-    The encoder itself if it is an ``nn.Sequential``, or the ``net`` Sequential of mmrobust's
-    image/audio/feature encoders (whose forward is ``self.net(x)``).
+    The encoder itself if it is an ``nn.Sequential`` (also a declared encoder of your own module,
+    :class:`~mmrobust.models.hooks.DeclaredEncoder`, that is one), or the ``net`` Sequential of
+    mmrobust's image/audio/feature encoders (whose forward is ``self.net(x)``).
 
     Raises:
         UnsupportedError: any other encoder (e.g. the text encoder, custom modules).
     """
     enc = model.encoders[modality]
+    if isinstance(enc, DeclaredEncoder) and len(enc.shape) == 1:  # your own encoder, (N, d) already: itself
+        enc = enc.part
     if isinstance(enc, nn.Sequential):
         return flatten_sequential(enc)
     if type(enc) in (ImageEncoder, AudioEncoder, FeatureEncoder):

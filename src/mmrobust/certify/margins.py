@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from mmrobust.errors import InputError, UnsupportedError
+from mmrobust.models.adapter import ModelAdapter
 from mmrobust.models.fusion.late import LateFusion
 
 
@@ -78,11 +79,19 @@ def late_head(model: Any) -> LateHead:
             "weighs each modality per sample, so no certified radius is available for it"
         )
     if not isinstance(fusion, LateFusion) or not plain_head:
+        why = model.hook_error("unimodal_logits") if isinstance(model, ModelAdapter) else None
         raise UnsupportedError(
             f"the CRMT certificate needs a late-fusion model (fused logits = Σ_m W^(m) φ_m(x_m) + b); this model "
-            f"uses {name!r} fusion"
+            f"uses {name!r} fusion" + (f" ({why})" if why else "")
         )
     names = tuple(model.modalities)
+    other = [m for m in names if not isinstance(fusion.heads[m], nn.Linear)]
+    if other:
+        raise UnsupportedError(
+            f"the CRMT certificate needs linear per-modality heads W^(m) φ_m(x_m) + b^(m); the head of {other[0]!r} "
+            f"is a {type(fusion.heads[other[0]]).__name__} (declare the last linear layer as the head and the rest "
+            "as part of the encoder)"
+        )
     weight = {m: fusion.heads[m].weight.detach() for m in names}
     biases = torch.stack([fusion.heads[m].bias.detach() for m in names], 0).sum(0)
     bias = biases - (len(names) - 1) * fusion.log_prior.detach().to(biases)

@@ -15,15 +15,18 @@ and ``model.defense_info`` what it measured while building the model (selected Î
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from mmrobust.attacks.adaptive import WorstCase
 from mmrobust.attacks.base import Condition
 from mmrobust.attacks.gradient import GradientAttack
 from mmrobust.datasets.dataset import DatasetBundle
-from mmrobust.errors import InputError, UnsupportedError
-from mmrobust.models.base import MultimodalModel
+from mmrobust.errors import InputError
+from mmrobust.models.adapter import ModelAdapter
+from mmrobust.models.base import MultimodalModel, require_hook
 from mmrobust.models.fusion.late import LateFusion
 
 
@@ -66,17 +69,21 @@ class Defense(ABC):
         return {"defense": self.id, "name": self.name, "kind": self.kind, **self.params()}
 
     def check(self, model: MultimodalModel) -> None:
-        """Raise a clear :class:`~mmrobust.errors.InputError` if this defence cannot apply to ``model``."""
+        """Raise a clear error if this defence cannot apply to ``model``.
+
+        Raises:
+            InputError: not a model, not late fusion where :attr:`needs_late_fusion`, too few modalities.
+            UnsupportedError: a foreign module without declared encoders, fusion and head (the message
+                names the hooks to declare).
+        """
         if not isinstance(model, MultimodalModel):
             raise InputError(f"{self.name}: needs a mmrobust MultimodalModel, got {type(model).__name__}")
-        if getattr(model, "fusion", None) is None:  # e.g. mr.models.adapt(...) around a foreign module
-            raise UnsupportedError(
-                f"{self.name}: needs a model built from encoders and a fusion layer (mr.models.create); "
-                f"{type(model).__name__} wraps a foreign module whose internals defences cannot change"
-            )
+        # defences train or rebuild a model from its encoders, fusion and head: a foreign module needs them declared
+        require_hook(model, self.name, "fuse")
         if self.needs_late_fusion and not isinstance(model.fusion, LateFusion):
+            why = model.hook_error("unimodal_logits") if isinstance(model, ModelAdapter) else None
             raise InputError(f"{self.name}: needs a late-fusion model (fusion 'late'): {self.late_fusion_reason}; "
-                             f"this model uses {model.fusion_name!r} fusion")
+                             f"this model uses {model.fusion_name!r} fusion" + (f" ({why})" if why else ""))
         if len(model.modalities) < self.min_modalities:
             raise InputError(f"{self.name}: needs a model with at least {self.min_modalities} modalities; this one "
                              f"has only {model.modalities}")
@@ -98,6 +105,21 @@ class Defense(ABC):
         Returns:
             The defended model in eval mode, with ``config["defense"]`` and ``defense_info`` set.
         """
+
+    def rebuild(self, model: MultimodalModel, info: Mapping[str, Any] | None = None) -> MultimodalModel:
+        """The defended model's structure around ``model``, untrained: what a saved defended model's weights load into.
+
+        ``mr.models.load`` rebuilds a native checkpoint from its config; a model around your own
+        module (:func:`mmrobust.models.adapt`) cannot be rebuilt from a file alone, so the runner
+        rebuilds the module, calls this and loads the saved weights. The default, for defences that
+        only change weights (mix-up, adversarial training, modality dropout): a copy of ``model``.
+
+        Args:
+            model: The model the defence was applied to (the same structure; its weights do not matter).
+            info: The ``defense_info`` recorded when the defence was applied (JR reads its Î³).
+        """
+        self.check(model)
+        return self._mark(copy.deepcopy(model), dict(info or {}))
 
     def attack_variants(
         self, attack: Condition, undefended: MultimodalModel | None = None

@@ -74,7 +74,7 @@ from mmrobust.datasets.dataset import DatasetBundle, MultimodalDataset
 from mmrobust.defenses.base import Defense
 from mmrobust.defenses.registry import DEFENSES
 from mmrobust.defenses.training import check_training, resolve_training
-from mmrobust.errors import InputError
+from mmrobust.errors import InputError, UnsupportedError
 from mmrobust.models.base import MultimodalModel
 from mmrobust.models.fusion.crmt import MODES, CRMTFusion
 from mmrobust.train import train
@@ -265,6 +265,10 @@ class CRMT(Defense):
             certifiable_modalities(model)
         except InputError as e:
             raise InputError(f"crmt: {e}") from None
+        try:  # the head it factorises: linear per-modality heads (your module's declared heads must be nn.Linear)
+            late_head(model)
+        except UnsupportedError as e:
+            raise UnsupportedError(f"crmt: {e}") from None
 
     # ------------------------------------------------------------------------------ building
     def convert(self, model: MultimodalModel) -> MultimodalModel:
@@ -290,6 +294,10 @@ class CRMT(Defense):
         if hasattr(out, "defense_info"):
             del out.defense_info
         return out
+
+    def rebuild(self, model: MultimodalModel, info: Mapping[str, Any] | None = None) -> MultimodalModel:
+        """The CRMT structure around ``model`` (:meth:`convert`), for saved weights."""
+        return self._mark(self.convert(model), dict(info or {}))
 
     def apply(
         self, model: MultimodalModel, data: DatasetBundle, *, seed: int = 0, quiet: bool = True

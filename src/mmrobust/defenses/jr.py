@@ -23,11 +23,14 @@ The whole sweep is recorded in ``defense_info["selection"]``.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
+from torch import nn
 
 from mmrobust.attacks.adaptive import Bpda
 from mmrobust.attacks.base import Condition
@@ -38,6 +41,7 @@ from mmrobust.defenses.base import Defense
 from mmrobust.defenses.registry import DEFENSES
 from mmrobust.errors import InputError
 from mmrobust.evaluate import evaluate
+from mmrobust.models.adapter import ModelAdapter
 from mmrobust.models.base import MultimodalModel
 from mmrobust.models.fusion.jr import JACOBIANS, PRECISIONS, JRFusion, bind_input_jacobians, jr_mode
 from mmrobust.models.fusion.sylvester import check_gamma
@@ -64,6 +68,8 @@ def build_jr_model(
         The JR model in eval mode on ``model``'s device; ``config["name"]`` is ``<name>+jr``.
     """
     cfg = model.config
+    if isinstance(model, ModelAdapter):  # your own module: the same parts, JR's fusion around its heads
+        return _jr_around(model, gamma, jacobian, precision)
     defended = MultimodalModel(
         model.spec,
         fusion="jr",
@@ -76,6 +82,26 @@ def build_jr_model(
     device = next(model.parameters()).device
     defended = defended.to(device)
     defended.config["name"] = f"{cfg.get('name', model.fusion_name)}+jr"
+    if jacobian == "input":
+        bind_input_jacobians(defended)
+    return defended.eval()
+
+
+def _jr_around(model: MultimodalModel, gamma: float, jacobian: str, precision: str) -> MultimodalModel:
+    """JR on a declared late fusion: a copy of the model whose fusion is JR over copies of its own heads."""
+    late = model.fusion
+    defended = copy.deepcopy(model)
+    with torch.random.fork_rng(devices=[]):  # its fresh heads are replaced at once: leave the global RNG alone
+        fusion = JRFusion(model.modalities, late.dims, model.num_classes, gamma=gamma, jacobian=jacobian,
+                          precision=precision)
+    fusion.heads = defended.fusion.heads
+    fusion.log_prior.copy_(late.log_prior)
+    defended.fusion = fusion.to(late.log_prior.device)
+    defended.fusion_name = "jr"
+    defended.config.pop("defense", None)
+    defended.config["fusion"] = "jr"
+    defended.config["fusion_kwargs"] = {"gamma": gamma, "jacobian": jacobian, "precision": precision}
+    defended.config["name"] = f"{model.config.get('name', model.fusion_name)}+jr"
     if jacobian == "input":
         bind_input_jacobians(defended)
     return defended.eval()
@@ -204,6 +230,14 @@ class JR(Defense):
         super().check(model)
         if isinstance(model.fusion, JRFusion):
             raise InputError("jr: this model is already JR-defended; apply JR to the undefended late-fusion model")
+        # G_m = A_m, the head's weight: every modality in features mode, token modalities in input mode
+        linear = {"features": list(model.modalities),
+                  "input": [m for m in model.modalities if model.spec[m].is_tokens]}.get(self.jacobian, [])
+        other = [m for m in linear if not isinstance(model.fusion.heads[m], nn.Linear)]
+        if other:
+            kind = type(model.fusion.heads[other[0]]).__name__
+            raise InputError(f"jr: jacobian={self.jacobian!r} needs linear per-modality heads (G_m = A_m, the head's "
+                             f"weight); the head of {other[0]!r} is a {kind}: use jacobian='logits'")
         if isinstance(self.select_eps, dict):
             bad = [m for m in self.select_eps if m not in model.modalities]
             if bad:
@@ -236,6 +270,13 @@ class JR(Defense):
             "seconds": round(time.perf_counter() - t0, 2),
         }
         return self._mark(defended, info)
+
+    def rebuild(self, model: MultimodalModel, info: Mapping[str, Any] | None = None) -> MultimodalModel:
+        """The JR model around ``model`` with the γ recorded in ``info`` (or the fixed γ), for saved weights."""
+        self.check(model)
+        info = dict(info or {})
+        gamma = float(info.get("gamma", self.gamma if self.gamma != "auto" else self.gammas[-1]))
+        return self._mark(build_jr_model(model, gamma, self.jacobian, self.precision), info)
 
     def selection_attacks(self, model: MultimodalModel) -> list[Condition]:
         """The single-source PGD attacks of the γ selection, one per attacked modality."""

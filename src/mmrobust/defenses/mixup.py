@@ -34,7 +34,7 @@ every sample: with ``level="input"`` and ``pairing="any-class"`` that is exactly
 registered as ``"plain_mixup"`` (:class:`PlainMixUp`).
 
 **Token ids at the input level.** Token ids cannot be interpolated; a text modality (a
-:class:`~mmrobust.models.encoders.TextEncoder`) is mixed through its token embeddings,
+:meth:`~mmrobust.models.MultimodalModel.has_token_embeddings`) is mixed through its token embeddings,
 e_mix = λ·E[t_a] + (1 − λ)·E[t_b] (N, L, D), with the union of both sequences' non-pad positions as
 the mask (a position that is padding in one sequence contributes the zero padding embedding). This is
 the surface the attacks perturb too (``token_surface="embedding"``). Other integer modalities are
@@ -73,7 +73,6 @@ from mmrobust.defenses.training import check_training, supervised_loss, train_co
 from mmrobust.errors import InputError
 from mmrobust.metrics.geometry import geometry_report
 from mmrobust.models.base import MultimodalModel
-from mmrobust.models.encoders import TextEncoder
 from mmrobust.train import accuracy
 from mmrobust.utils.checks import check_fraction, check_int, check_nonnegative, check_positive
 
@@ -232,10 +231,10 @@ def mix_inputs(
     for m in model.modalities:
         t = x[m]
         if model.spec[m].is_tokens:
-            enc = model.encoders[m]
+            pad = model.spec[m].pad_id
             bb = b.to(t.device)
             emb[m] = mix_rows(model.embed(m, t), b, lam)
-            x_mix[m] = t if enc.pad_id is None else torch.where(t != enc.pad_id, t, t[bb])
+            x_mix[m] = t if pad is None else torch.where(t != pad, t, t[bb])
         else:
             x_mix[m] = mix_rows(t, b, lam)
     return x_mix, emb
@@ -461,10 +460,10 @@ class MixUp(Defense):
         super().check(model)
         if self.level == "input":
             for m in model.modalities:
-                if model.spec[m].is_tokens and not isinstance(model.encoders[m], TextEncoder):
+                if model.spec[m].is_tokens and not model.has_token_embeddings(m):
                     raise InputError(
                         f"{self.name}: level='input' mixes token ids through their embeddings, but modality {m!r} "
-                        "has no token-embedding encoder; use level='modality' or 'fused'"
+                        f"has none ({model.hook_error('embeddings', m)}); use level='modality' or 'fused'"
                     )
         if self.weighting != "none" and self.space not in ("modalities", "fused", *model.modalities):
             raise InputError(

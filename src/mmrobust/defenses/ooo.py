@@ -37,6 +37,7 @@ confusion matrix (true outcome × argmax o) on clean and single-source attacked 
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -45,7 +46,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from mmrobust.attacks.base import Condition, EvalContext
 from mmrobust.attacks.corruptions import Corruption, kinds_for
@@ -56,9 +57,16 @@ from mmrobust.defenses.base import Defense
 from mmrobust.defenses.registry import DEFENSES
 from mmrobust.defenses.training import check_training
 from mmrobust.errors import InputError
+from mmrobust.models.adapter import ModelAdapter
 from mmrobust.models.base import MultimodalModel
 from mmrobust.models.fusion.concat import ConcatFusion
-from mmrobust.models.fusion.ooo import detection_confusion, odd_one_out_fusion, odd_one_out_probs
+from mmrobust.models.fusion.ooo import (
+    OddOneOutAround,
+    OddOneOutFusion,
+    detection_confusion,
+    odd_one_out_fusion,
+    odd_one_out_probs,
+)
 from mmrobust.train import train
 from mmrobust.utils.checks import check_flag, check_int, check_nonnegative
 
@@ -284,6 +292,8 @@ class OddOneOut(Defense):
 
     def _build(self, model: MultimodalModel, data: DatasetBundle | None, seed: int) -> tuple[MultimodalModel, bool]:
         self.check(model)
+        if isinstance(model, ModelAdapter):
+            return self._build_around(model, data, seed)
         source_hidden = model.fusion.out_dim if isinstance(model.fusion, ConcatFusion) else None
         hidden = self.hidden or source_hidden or 128
         with torch.random.fork_rng(devices=[]):
@@ -309,6 +319,40 @@ class OddOneOut(Defense):
             with torch.no_grad():
                 robust.head.load_state_dict(model.head.state_dict())
         return robust.eval(), warm
+
+    def _build_around(
+        self, model: MultimodalModel, data: DatasetBundle | None, seed: int
+    ) -> tuple[MultimodalModel, bool]:
+        """OOO on your own module's declared parts: its encoders, the detector, and experts built on its fusion.
+
+        ``warm_start``: the experts are copies of the declared fusion with z_j replaced by its training
+        mean (:class:`~mmrobust.models.fusion.ooo.OddOneOutAround`) and the declared head stays on top,
+        so the model starts as the trained one; else the paper's experts (a linear layer on the other
+        modalities, width ``hidden``) and a new linear head.
+        """
+        robust = copy.deepcopy(model)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            if self.warm_start:
+                fusion: Any = OddOneOutAround(model.fusion, self.detector_hidden, self.detector_layers)
+            else:
+                fusion = OddOneOutFusion(model.modalities, model.fusion.dims, model.num_classes, self.hidden or 128,
+                                         self.detector_hidden, self.detector_layers)
+                robust.head = nn.Linear(fusion.out_dim, model.num_classes)
+                robust.aux_heads = nn.ModuleDict()
+        robust.fusion = fusion.to(next(model.parameters()).device)
+        robust.head = robust.head.to(next(model.parameters()).device)
+        robust.fusion_name = "ooo"
+        robust.config.pop("defense", None)
+        robust.config["name"] = "ooo"
+        robust.config["fusion"] = "ooo"
+        if self.warm_start and data is not None:
+            fusion.set_means(_embedding_means(robust, data.train))
+        return robust.eval(), self.warm_start and data is not None
+
+    def rebuild(self, model: MultimodalModel, info: Mapping[str, Any] | None = None) -> MultimodalModel:
+        """The odd-one-out structure around ``model`` (:meth:`build`, no warm start), for saved weights."""
+        return self._mark(self.build(model), dict(info or {}))
 
     def objective(self, model: MultimodalModel, stats: Mapping[str, Any]) -> Any:
         """Step (2): the per-batch loss plugged into :func:`mmrobust.train` (see the module docstring)."""

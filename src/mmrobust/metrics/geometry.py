@@ -46,7 +46,7 @@ from torch import Tensor
 
 from mmrobust.datasets.dataset import MultimodalDataset
 from mmrobust.errors import InputError
-from mmrobust.models.base import MultimodalModel
+from mmrobust.models.base import MultimodalModel, require_hook
 from mmrobust.utils.checks import check_int
 
 __all__ = [
@@ -710,6 +710,7 @@ def geometry_report(
     """
     if not isinstance(model, MultimodalModel):
         raise InputError(f"geometry_report() needs a mmrobust MultimodalModel, got {type(model).__name__}")
+    require_hook(model, "geometry", "fuse")  # per-modality and fused embeddings, the head downstream
     if not isinstance(dataset, MultimodalDataset):
         raise InputError(f"geometry_report() needs a MultimodalDataset split (e.g. data.test), "
                          f"got {type(dataset).__name__}")

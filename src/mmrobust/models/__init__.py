@@ -9,12 +9,14 @@ Example:
 
 from __future__ import annotations
 
-from mmrobust.models.adapter import ModelAdapter, adapt
+from mmrobust.models.adapter import HookedAdapter, ModelAdapter, adapt
 from mmrobust.models.base import MultimodalModel
 from mmrobust.models.checkpoint import load_checkpoint as load
+from mmrobust.models.checkpoint import load_weights
 from mmrobust.models.checkpoint import save_checkpoint as save
 from mmrobust.models.encoders import ENCODERS
 from mmrobust.models.fusion import FUSIONS, Fusion
+from mmrobust.models.hooks import Hooks
 from mmrobust.models.zoo import MODELS, create, names
 
 __all__ = [
@@ -22,11 +24,14 @@ __all__ = [
     "FUSIONS",
     "MODELS",
     "Fusion",
+    "HookedAdapter",
+    "Hooks",
     "ModelAdapter",
     "MultimodalModel",
     "adapt",
     "create",
     "load",
+    "load_weights",
     "names",
     "save",
 ]

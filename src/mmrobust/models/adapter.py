@@ -1,9 +1,20 @@
-"""Wrap a foreign ``nn.Module`` (positional or dict forward) so mmrobust's evaluation and attacks accept it.
+"""Wrap a foreign ``nn.Module`` (positional, list or dict forward) so mmrobust's methods accept it.
 
 Most multimodal models in the wild are plain ``nn.Module`` s whose ``forward`` takes one tensor per
-modality in a fixed order (``forward(image, audio)``) or one dict, and returns logits. They have no
-per-modality encoders or fusion layer that mmrobust could hook. :class:`ModelAdapter` gives such a
-module the :class:`~mmrobust.models.MultimodalModel` interface with the *identity* as every
+modality in a fixed order (``forward(image, audio)``), a list of them (MultiBench's ``MMDL``) or one
+dict (TorchMultimodal), and returns logits.
+
+**With declared hooks** (``hooks=``, :mod:`mmrobust.models.hooks`: which submodules are the
+per-modality encoders, the fusion, the head, per-modality heads, token embeddings; or a preset that
+recognises MultiBench's and TorchMultimodal's layouts) :func:`adapt` returns a
+:class:`HookedAdapter`: a :class:`~mmrobust.models.MultimodalModel` whose encoders, fusion and head
+*are* your submodules, so everything works on it as on a native model — attacks with cached clean
+encodings (only the attacked encoder runs at every step), training with :func:`mmrobust.train` and
+the training defences, geometry, modality preference, odd-one-out over your encoders and, for
+declared late fusion, JR and CRMT certificates. Its logits are computed through the parts, which are
+checked at construction to compose to your forward.
+
+**Without hooks** :class:`ModelAdapter` gives the module the interface with the *identity* as every
 modality's "encoder": ``encode_one(m, x_m)`` returns ``x_m`` itself and
 ``logits_from_embeddings(z)`` calls the wrapped forward on those raw inputs. With that convention
 
@@ -13,11 +24,11 @@ modality's "encoder": ``encode_one(m, x_m)`` returns ``x_m`` itself and
 * corruptions and missing modalities with a fill (``zeros``, ``mean``, ``noise``) work, since they
   only change the input batch; ``fill="drop"`` works only when the module accepts absent inputs
   (``supports_drop=True``: ``None`` in their positional slot, or the key left out of the dict);
+* :func:`mmrobust.train` trains it end to end (cross-entropy of its forward);
 * methods that need real hooks — a fused embedding, per-modality embeddings, unimodal logits or a
-  token-embedding surface (training with mmrobust's loop and the training defences, CRMT
-  certificates, Jacobian regularisation, fused/per-modality geometry, decoupling, odd-one-out)
-  raise :class:`~mmrobust.errors.UnsupportedError` saying why (JR and CRMT refuse it earlier, in their
-  own checks, as a model without late fusion: ``fusion`` is ``None``).
+  token-embedding surface (the defences, CRMT certificates, fused/per-modality geometry,
+  decoupling) refuse it up front with :class:`~mmrobust.errors.UnsupportedError` naming the hook to
+  declare (:meth:`~mmrobust.models.MultimodalModel.hook_error`).
 
 Threat model: unchanged; attacks perturb the raw inputs of the listed modalities within their
 ε-ball ∩ valid range exactly as for native models (the adapter only changes how logits are
@@ -49,11 +60,20 @@ import torch
 from torch import Tensor, nn
 
 from mmrobust.errors import InputError, MMRobustError, UnsupportedError
-from mmrobust.models.base import MultimodalModel
+from mmrobust.models.base import HOOKS, MultimodalModel, require_hook
+from mmrobust.models.hooks import (
+    CALLS,
+    DeclaredEncoder,
+    DeclaredFusion,
+    DeclaredLateFusion,
+    Hooks,
+    Reshaped,
+    ResolvedHooks,
+    hook_hint,
+    resolve_hooks,
+)
 from mmrobust.spec import DatasetSpec, ModalitySpec
 from mmrobust.utils.checks import check_flag
-
-CALLS: tuple[str, ...] = ("positional", "dict")
 
 #: Attributes of native models that an adapter does not have (a friendlier ``AttributeError``).
 _NATIVE_ONLY = ("head", "aux_heads")
@@ -72,17 +92,18 @@ class ModelAdapter(MultimodalModel):
 
     Args:
         module: The wrapped model. With ``call="positional"`` it is called as
-            ``module(x[order[0]], x[order[1]], ...)``; with ``call="dict"`` as ``module({m: x[m]})``.
+            ``module(x[order[0]], x[order[1]], ...)``; with ``call="list"`` as
+            ``module([x[order[0]], x[order[1]], ...])``; with ``call="dict"`` as ``module({m: x[m]})``.
             It must return logits (N, K) (or something ``output`` turns into them).
         spec: The dataset spec; ``order`` picks (and orders) the modalities the module consumes.
         order: Modality names in the order of the module's positional inputs (for ``call="dict"``:
             the keys it reads). Every name must be in ``spec``; the adapter's ``modalities`` follow
             this order.
-        call: ``"positional"`` or ``"dict"``.
+        call: ``"positional"``, ``"list"`` or ``"dict"``.
         output: Optional function mapping the module's raw output to logits (N, K), e.g.
             ``lambda out: out["logits"]`` or ``lambda out: out[0]``.
-        supports_drop: Whether the module accepts absent modalities (``None`` in their positional
-            slot, or a dict without their key), which enables ``missing`` with ``fill="drop"``.
+        supports_drop: Whether the module accepts absent modalities (``None`` in their positional or
+            list slot, or a dict without their key), which enables ``missing`` with ``fill="drop"``.
         probe: Call the module once at construction on a 2-sample batch of zeros clipped into each
             modality's valid range (padding for token ids), in eval mode without gradients, to check
             that it accepts the inputs in this order and returns (2, K) logits.
@@ -112,6 +133,18 @@ class ModelAdapter(MultimodalModel):
         name: str | None = None,
     ) -> None:
         nn.Module.__init__(self)  # no encoders/fusion/head of a native model to build
+        names = self._setup(module, spec, order, call, output, supports_drop, probe, name)
+        self.module = module
+        # No fusion layer: ``None`` makes the toolkit's ``isinstance(model.fusion, SomeFusion)`` checks fail
+        # into their own clear messages ("this model uses 'adapter(Net)' fusion ...").
+        self.fusion = None
+        self.encoders = nn.ModuleDict({m: RawInput() for m in names})
+        if probe:
+            self._probe()
+
+    def _setup(self, module: nn.Module, spec: DatasetSpec, order: Sequence[str], call: str,
+               output: Callable[[Any], Tensor] | None, supports_drop: bool, probe: bool, name: str | None) -> list[str]:
+        """Validate the arguments shared by both adapters and set the plain attributes; returns the order."""
         if not isinstance(module, nn.Module):
             raise InputError(f"adapter: module must be a torch.nn.Module, got {type(module).__name__}")
         if not isinstance(spec, DatasetSpec):
@@ -123,16 +156,11 @@ class ModelAdapter(MultimodalModel):
         for flag, what in ((supports_drop, "supports_drop"), (probe, "probe")):
             check_flag(flag, "adapter", what)
         names = _check_order(order, spec)
-        self.module = module
         self.spec = replace(spec, modalities=tuple(spec[m] for m in names))
         self.call = call
         self.output = output
         self._drop_ok = supports_drop
         self.fusion_name = f"adapter({type(module).__name__})"
-        # No fusion layer: ``None`` makes the toolkit's ``isinstance(model.fusion, SomeFusion)`` checks fail
-        # into their own clear messages ("this model uses 'adapter(Net)' fusion ...").
-        self.fusion = None
-        self.encoders = nn.ModuleDict({m: RawInput() for m in names})
         self.config: dict[str, Any] = {
             "name": name or "adapter",
             "module": f"{type(module).__module__}.{type(module).__qualname__}",
@@ -142,8 +170,7 @@ class ModelAdapter(MultimodalModel):
         }
         if call == "positional":
             _check_signature(module, names)
-        if probe:
-            self._probe()
+        return names
 
     # ----------------------------------------------------------------------------------- props
     @property
@@ -176,13 +203,26 @@ class ModelAdapter(MultimodalModel):
         """Order, call convention and drop support, shown in ``repr(model)``."""
         return f"order={self.order}, call={self.call!r}, supports_drop={self.supports_drop}"
 
+    def hook_error(self, hook: str, modality: str | None = None) -> str | None:
+        """Every hook is missing: the module is one function of the raw inputs (declare its parts with ``hooks=``)."""
+        if hook not in HOOKS:
+            raise InputError(f"unknown hook {hook!r}; hooks are {list(HOOKS)}")
+        what = {
+            "encoders": "per-modality encoders",
+            "fuse": "fusion layer or head",
+            "unimodal_logits": "per-modality logits",
+            "embeddings": f"token-embedding surface for {modality!r}",
+        }[hook]
+        return (f"{self.fusion_name} wraps a foreign module as one function of its inputs and has no {what}; declare "
+                f"its parts: mr.models.adapt(module, spec, order, {hook_hint(hook)}) (docs/models.md)")
+
+    def has_token_embeddings(self, name: str) -> bool:
+        """Always ``False``: a module without declared hooks exposes no token embeddings."""
+        return False
+
     # ----------------------------------------------------------------------------------- calls
-    def _unsupported(self, hook: str, needed_by: str) -> NoReturn:
-        raise UnsupportedError(
-            f"{self.fusion_name} wraps a foreign module that maps raw inputs straight to logits; it has no "
-            f"{hook}, which {needed_by} need(s). Attacks, corruptions and missing modalities (fills) work on it; "
-            "for this method build a mmrobust model (mr.models.create) or expose the hook in your own model"
-        )
+    def _unsupported(self, hook: str, modality: str | None = None) -> NoReturn:
+        raise UnsupportedError(str(self.hook_error(hook, modality)))
 
     def _call(self, z: Mapping[str, Tensor]) -> Tensor:
         """Run the wrapped module on raw inputs ``z`` (absent modalities: ``None`` / no key)."""
@@ -193,6 +233,8 @@ class ModelAdapter(MultimodalModel):
         try:
             if self.call == "positional":
                 out = self.module(*[z.get(m) for m in self.order])
+            elif self.call == "list":
+                out = self.module([z.get(m) for m in self.order])
             else:
                 out = self.module({m: z[m] for m in present})
             if self.output is not None:
@@ -201,7 +243,8 @@ class ModelAdapter(MultimodalModel):
             raise
         except Exception as e:  # the user's module: turn its failure into one clear message
             shapes = ", ".join(f"{m}={tuple(z[m].shape)}" if m in z else f"{m}=None" for m in self.order)
-            how = f"module({shapes})" if self.call == "positional" else f"module({{{shapes}}})"
+            how = {"positional": f"module({shapes})", "list": f"module([{shapes}])"}.get(
+                self.call, f"module({{{shapes}}})")
             raise InputError(
                 f"{self.fusion_name}: the wrapped module failed when called as {how}: {type(e).__name__}: {e}. "
                 f"Check that order={self.order} is the order of its forward's inputs and that the spec's shapes "
@@ -220,11 +263,7 @@ class ModelAdapter(MultimodalModel):
         return out
 
     def _probe(self) -> None:
-        ref = next(iter(self.module.parameters()), None)
-        if ref is None:
-            ref = next(iter(self.module.buffers()), None)
-        device = ref.device if ref is not None else torch.device("cpu")
-        x = {m.name: _zeros(m, 2).to(device) for m in self.spec}
+        x = {m.name: _zeros(m, 2).to(_device(self.module)) for m in self.spec}
         was = self.module.training
         self.module.eval()
         try:
@@ -244,7 +283,7 @@ class ModelAdapter(MultimodalModel):
     ) -> dict[str, Tensor]:
         """The "embeddings" of the present modalities: the raw inputs themselves, ``{m: x[m]}``."""
         if embeddings:
-            self._unsupported("token-embedding surface", "embedding-space attacks on token ids")
+            self._unsupported("embeddings", next(iter(embeddings or {}), None))
         return {m: self.encoders[m](x[m]) for m in self.modalities if m not in drop}
 
     def encode_one(self, name: str, x_m: Tensor) -> Tensor:
@@ -259,30 +298,27 @@ class ModelAdapter(MultimodalModel):
 
     def encode_embedded(self, name: str, tokens: Tensor, emb: Tensor) -> Tensor:
         """Unsupported: a foreign module exposes no token embeddings."""
-        self._unsupported("token-embedding surface", "embedding-space attacks on token ids")
+        self._unsupported("embeddings", name)
 
     def embed(self, name: str, tokens: Tensor) -> Tensor:
         """Unsupported: a foreign module exposes no token embeddings."""
-        self._unsupported("token-embedding surface", "embedding-space attacks on token ids")
+        self._unsupported("embeddings", name)
 
     def fuse(self, z: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Any]]:
         """Unsupported: there is no fused embedding to reach."""
-        self._unsupported(
-            "fusion layer (fuse / head_from_fused)",
-            "training with mr.train and the training defences, geometry, decoupling and Jacobian regularisation",
-        )
+        self._unsupported("fuse")
 
     def head_from_fused(self, fused: Tensor) -> Tensor:
         """Unsupported: there is no head separate from the fusion."""
-        self._unsupported("classification head separate from its fusion", "geometry and the training defences")
+        self._unsupported("fuse")
 
     def unimodal_logits(self, x: Mapping[str, Tensor], drop: Sequence[str] = ()) -> dict[str, Tensor]:
         """Unsupported: no per-modality logits."""
-        self._unsupported("per-modality (unimodal) logits", "late-fusion metrics and CRMT certificates")
+        self._unsupported("unimodal_logits")
 
     def branch_logits(self, z: Mapping[str, Tensor], aux: Mapping[str, Any]) -> dict[str, Tensor]:
         """Unsupported: no per-modality branches."""
-        self._unsupported("per-modality branch logits", "mmrobust's training loss")
+        self._unsupported("fuse")
 
     def forward(
         self,
@@ -302,10 +338,297 @@ class ModelAdapter(MultimodalModel):
         """
         drop = self._check_drop(drop)
         if embeddings:
-            self._unsupported("token-embedding surface", "embedding-space attacks on token ids")
+            self._unsupported("embeddings", next(iter(embeddings or {}), None))
         if check:
             self.spec.validate_batch(x, drop)
         return self._call({m: x[m] for m in self.modalities if m not in drop})
+
+
+class HookedAdapter(ModelAdapter):
+    """A foreign module with declared hooks: its own submodules as encoders, fusion and head.
+
+    A :class:`~mmrobust.models.MultimodalModel` in every respect — ``encoders`` (a ``ModuleDict``
+    of :class:`~mmrobust.models.hooks.DeclaredEncoder` around your encoders), ``fusion`` (your
+    fusion module as a :class:`~mmrobust.models.hooks.DeclaredFusion`, or your per-modality heads as
+    a :class:`~mmrobust.models.hooks.DeclaredLateFusion`), ``head`` (your head) and ``aux_heads``
+    (declared branch heads) — so every hook (``encode``, ``encode_one``, ``fuse``,
+    ``head_from_fused``, ``logits_from_embeddings``, ``unimodal_logits`` / ``branch_logits`` where
+    declared, ``embed`` / ``encode_embedded`` for declared token embeddings) is the native one, and
+    the logits are computed through the parts. The module's parameters *are* the parts' (shared
+    objects): training the adapter trains your module. The whole module stays reachable as
+    ``model.module`` (not a registered submodule: the state dict holds each part once, under
+    ``encoders.*``, ``fusion.*``, ``head.*``).
+
+    Args:
+        module: The wrapped model.
+        spec: The dataset spec.
+        order: The modalities the module takes, in its order.
+        hooks: The declaration (:class:`~mmrobust.models.hooks.Hooks`, a preset name or a mapping).
+        call: How the module's forward takes its inputs (``None``: the declared ``fuse_call``, which the
+            presets set to their layout's forward convention, else ``positional``); used to check the
+            parts against the forward.
+        output: Maps the module's raw output to logits (for the check).
+        supports_drop: Whether the declared fusion accepts absent modalities (``None`` in their list
+            or positional slot, no key in the dict); declared late fusion always can.
+        probe: Check that the parts compose to the module's forward on a seeded batch.
+        name: Name in result tables.
+
+    Raises:
+        InputError: a bad declaration (see :func:`~mmrobust.models.hooks.resolve_hooks`), parts that
+            fail or return the wrong shapes on the probe batch, or parts that do not compose to the
+            module's forward.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        spec: DatasetSpec,
+        order: Sequence[str],
+        hooks: Hooks | str | Mapping[str, Any],
+        *,
+        call: str | None = None,
+        output: Callable[[Any], Tensor] | None = None,
+        supports_drop: bool = False,
+        probe: bool = True,
+        name: str | None = None,
+    ) -> None:
+        nn.Module.__init__(self)
+        if not isinstance(module, nn.Module):
+            raise InputError(f"adapter: module must be a torch.nn.Module, got {type(module).__name__}")
+        if not isinstance(spec, DatasetSpec):
+            raise InputError(f"adapter: spec must be a DatasetSpec (e.g. data.spec), got {type(spec).__name__}")
+        names = _check_order(order, spec)
+        declared = Hooks.coerce(hooks, module, names)
+        call = call or declared.fuse_call or "positional"  # presets: the forward takes what the fusion takes
+        if call not in CALLS:
+            raise InputError(f"adapter: call must be one of {CALLS}, got {call!r}")
+        parts = resolve_hooks(declared, module, names, {m: spec[m] for m in names}, call)  # the declaration first
+        self._setup(module, spec, order, call, output, supports_drop, probe, name)
+        object.__setattr__(self, "module", module)  # reachable, but not a second copy of every part in the state dict
+        self._parts = parts
+        self._build(parts)
+        self._drop_ok = parts.late or supports_drop
+        if not parts.late:
+            self.fusion.supports_drop = bool(supports_drop)
+        self.config["hooks"] = parts.declaration
+        if probe:
+            self._check_forward()
+
+    # ----------------------------------------------------------------------------------- building
+    def _batch(self, n: int = 3) -> dict[str, Tensor]:
+        """A seeded batch inside every modality's valid range (random non-pad token ids)."""
+        g = torch.Generator().manual_seed(0)
+        out = {}
+        for m in self.spec:
+            if m.is_tokens:
+                hi = int(m.vocab_size or (m.high + 1 if m.high is not None else 2))
+                lo = 1 if m.pad_id == 0 else 0
+                t = torch.randint(lo, max(hi, lo + 1), (n, *m.shape), generator=g)
+                if m.pad_id is not None and m.shape and m.shape[-1] > 1:
+                    t[:, -1] = m.pad_id  # some padding, as real batches have
+                out[m.name] = t
+            else:
+                lo = 0.0 if m.low is None else m.low
+                hi = lo + 1.0 if m.high is None else m.high
+                out[m.name] = lo + (hi - lo) * torch.rand((n, *m.shape), generator=g)
+        dev = _device(self.module)
+        return {k: v.to(dev) for k, v in out.items()}
+
+    def _build(self, parts: ResolvedHooks) -> None:
+        """Wrap the parts and learn their shapes on a seeded batch (eval mode, no gradients)."""
+        names = self.spec.names
+        x = self._batch()
+        n = 3
+        was = self.module.training
+        self.module.eval()
+        try:
+            with torch.no_grad():
+                encoders = {}
+                for m in names:
+                    e = DeclaredEncoder(parts.encoders[m], self.spec[m], self.config_path("encoders", m),
+                                        parts.embeddings.get(m), parts.declaration.get("embeddings", {}).get(m))
+                    z = self._run(lambda e=e, m=m: e.raw(x[m]), f"encoder {e.path!r} of {m!r}")
+                    if z.dim() < 2 or z.shape[0] != n or not z.is_floating_point():
+                        raise InputError(f"adapter hooks: encoder {e.path!r} of {m!r} returned {z.dtype} of shape "
+                                         f"{tuple(z.shape)} for {n} samples; expected a float tensor (N, ...)")
+                    e.shape = tuple(z.shape[1:])
+                    if e.has_embedding:
+                        emb = self._run(lambda e=e, m=m: e.embed(x[m]), f"embedding layer {e.embedding_path!r}")
+                        if emb.dim() != 3 or tuple(emb.shape[:2]) != tuple(x[m].shape) or not emb.is_floating_point():
+                            raise InputError(f"adapter hooks: embedding layer {e.embedding_path!r} returned shape "
+                                             f"{tuple(emb.shape)} for tokens {tuple(x[m].shape)}; expected (N, L, D)")
+                        e.token_dim = int(emb.shape[2])
+                        again = self._run(lambda e=e, m=m, emb=emb: e.forward_from_embeddings(x[m], emb),
+                                          f"encoder {e.path!r} from its embeddings")
+                        if not torch.allclose(again, z.reshape(n, -1), rtol=1e-4, atol=1e-5):
+                            raise InputError(f"adapter hooks: encoder {e.path!r} gives other values when its layer "
+                                             f"{e.embedding_path!r} is fed its own output: is that the layer it embeds "
+                                             "the token ids with?")
+                    encoders[m] = e
+                self.encoders = nn.ModuleDict(encoders)
+                z = {m: self.encoders[m](x[m]) for m in names}
+                dims = {m: int(z[m].shape[1]) for m in names}
+                shapes = {m: self.encoders[m].shape for m in names}
+                k = self.num_classes
+                heads = {}
+                for m, h in parts.heads.items():
+                    heads[m] = h if len(shapes[m]) == 1 else Reshaped(h, shapes[m])
+                    u = self._run(lambda hm=heads[m], m=m: hm(z[m]), f"head of {m!r}")
+                    if tuple(u.shape) != (n, k):
+                        raise InputError(f"adapter hooks: the head of {m!r} returned shape {tuple(u.shape)}; expected "
+                                         f"per-modality logits ({n}, {k})")
+                if parts.late:
+                    self.fusion = DeclaredLateFusion(heads, names, dims, k)
+                    self.head = nn.Identity()
+                    self.aux_heads = nn.ModuleDict()
+                else:
+                    assert parts.fuse is not None
+                    fusion = DeclaredFusion(parts.fuse, names, dims, k, parts.fuse_call, shapes)
+                    f = self._run(lambda: fusion.raw(z), "the declared fusion")
+                    if f.dim() < 2 or f.shape[0] != n:
+                        raise InputError(f"adapter hooks: the fusion returned shape {tuple(f.shape)} for {n} samples; "
+                                         "expected (N, ...)")
+                    fusion.shape = tuple(f.shape[1:])
+                    fusion.out_dim = int(f[0].numel())
+                    self.fusion = fusion
+                    head = parts.head if parts.head is not None else nn.Identity()
+                    self.head = head if len(fusion.shape) == 1 else Reshaped(head, fusion.shape)
+                    self.aux_heads = nn.ModuleDict(heads)
+                    out = self._run(lambda: self.head(self.fusion(z)[0]), "the declared head")
+                    if tuple(out.shape) != (n, k) or not out.is_floating_point():
+                        raise InputError(f"adapter hooks: head(fuse(z)) returned {out.dtype} of shape "
+                                         f"{tuple(out.shape)}; expected float logits ({n}, {k})")
+        finally:
+            self.module.train(was)
+
+    def config_path(self, what: str, m: str) -> str:
+        """The declared path of ``what`` (``encoders``) for modality ``m``."""
+        return str(self._parts.declaration.get(what, {}).get(m, m))
+
+    def _run(self, fn: Callable[[], Any], what: str) -> Tensor:
+        try:
+            out = fn()
+        except MMRobustError:
+            raise
+        except Exception as e:  # the user's parts: one clear message
+            raise InputError(f"adapter hooks: {what} failed on a probe batch: {type(e).__name__}: {e}") from e
+        if not isinstance(out, Tensor):
+            raise InputError(f"adapter hooks: {what} returned {type(out).__name__}, not a tensor")
+        return out
+
+    def _check_forward(self) -> None:
+        """The parts must compose to the module's own forward (to float rounding) on the probe batch."""
+        x = self._batch()
+        was_self, was = self.training, self.module.training
+        self.eval()
+        self.module.eval()
+        try:
+            with torch.no_grad():
+                try:
+                    ref = self._call(x)
+                except InputError as e:
+                    raise InputError(f"adapter probe (probe=False skips it): {e}") from e.__cause__
+                ours = self.logits_from_embeddings(self.encode(x))
+        finally:
+            self.train(was_self)
+            self.module.train(was)
+        scale = float(ref.abs().max()) if ref.numel() else 1.0
+        gap = float((ours - ref).abs().max())
+        if not gap <= 1e-4 * max(scale, 1.0):
+            how = "sum of the declared heads" if self._parts.late else "head(fuse(encoders))"
+            raise InputError(
+                f"adapter hooks: the {how} differs from the module's forward by {gap:.3g} (logits up to {scale:.3g}) "
+                f"on a probe batch: check the declared paths, their order and fuse_call={self._parts.fuse_call!r} "
+                "(probe=False skips this check)"
+            )
+
+    # ----------------------------------------------------------------------------------- capabilities
+    @property
+    def supports_drop(self) -> bool:
+        """Late fusion sums the present heads; a declared fusion only if declared (``supports_drop=True``)."""
+        return self._drop_ok
+
+    @property
+    def is_late(self) -> bool:
+        """Whether per-modality heads are summed into the logits (declared late fusion)."""
+        return bool(getattr(self.fusion, "late", False))
+
+    def hook_error(self, hook: str, modality: str | None = None) -> str | None:
+        """What this declaration lacks for ``hook`` (``None``: declared), naming how to declare it."""
+        if hook not in HOOKS:
+            raise InputError(f"unknown hook {hook!r}; hooks are {list(HOOKS)}")
+        if hook == "unimodal_logits" and not self.is_late:
+            return (f"{self.fusion_name} declares a fusion module, not per-modality heads summed into its logits; "
+                    f"declare {hook_hint(hook)} (docs/models.md)")
+        if hook == "embeddings" and (modality is None or not self.has_token_embeddings(modality)):
+            return (f"modality {modality!r} of {self.fusion_name} has no declared token-embedding layer; declare "
+                    f"{hook_hint(hook)} (docs/models.md)")
+        return None
+
+    def has_token_embeddings(self, name: str) -> bool:
+        """Whether a token-embedding layer is declared for ``name``."""
+        enc = self.encoders[name] if name in self.encoders else None  # noqa: SIM401 (a ModuleDict has no get)
+        return isinstance(enc, DeclaredEncoder) and enc.has_embedding
+
+    def token_mask(self, name: str, tokens: Tensor) -> Tensor:
+        """Boolean (N, L): True at the non-pad positions (the spec's ``pad_id``)."""
+        if not self.has_token_embeddings(name):
+            self._unsupported("embeddings", name)
+        return self.encoders[name].mask(tokens)
+
+    def token_dim(self, name: str) -> int:
+        """Width D of the declared embedding layer's output (N, L, D)."""
+        if not self.has_token_embeddings(name):
+            self._unsupported("embeddings", name)
+        return int(self.encoders[name].token_dim)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The declared ``trainable`` parts' parameters (default: all), and every part a defence added.
+
+        A defence that replaces the fusion (CRMT's head, odd-one-out's detector and experts) trains
+        its new parts whatever ``trainable`` says; ``trainable`` chooses among your module's parts.
+        """
+        if self._parts.declaration.get("trainable") is None:
+            return list(self.parameters())
+        # the objects recorded at construction are this model's own (a deep copy maps them onto its copies)
+        keep = {id(p) for p in self._parts.trainable}
+        yours = {id(p) for p in self._parts.owned}
+        return [p for p in self.parameters() if id(p) in keep or id(p) not in yours]
+
+    # ----------------------------------------------------------------------------------- hooks
+    encode = MultimodalModel.encode
+    fuse = MultimodalModel.fuse
+    head_from_fused = MultimodalModel.head_from_fused
+    logits_from_embeddings = MultimodalModel.logits_from_embeddings
+    branch_logits = MultimodalModel.branch_logits
+    forward = MultimodalModel.forward
+
+    def unimodal_logits(self, x: Mapping[str, Tensor], drop: Sequence[str] = ()) -> dict[str, Tensor]:
+        """Per-modality logits ``{m: (N, K)}`` of the declared heads (declared late fusion only)."""
+        require_hook(self, "unimodal logits", "unimodal_logits")
+        return MultimodalModel.unimodal_logits(self, x, drop)
+
+    def encode_one(self, name: str, x_m: Tensor) -> Tensor:
+        """z_m (N, d) of modality ``name`` through its declared encoder."""
+        if name not in self.encoders:
+            raise InputError(f"unknown modality {name!r}; the adapter has {self.modalities}")
+        return self.encoders[name](x_m)
+
+    def encode_embedded(self, name: str, tokens: Tensor, emb: Tensor) -> Tensor:
+        """z_m of text modality ``name`` from (possibly perturbed) token embeddings (N, L, D)."""
+        if not self.has_token_embeddings(name):
+            self._unsupported("embeddings", name)
+        return self.encoders[name].forward_from_embeddings(tokens, emb)
+
+    def embed(self, name: str, tokens: Tensor) -> Tensor:
+        """Token ids (N, L) -> the declared embedding layer's output (N, L, D)."""
+        if not self.has_token_embeddings(name):
+            self._unsupported("embeddings", name)
+        return self.encoders[name].embed(tokens)
+
+    def extra_repr(self) -> str:
+        """Order, the fusion's call convention, late or not."""
+        return f"order={self.order}, hooks={self._parts.declaration}"
 
 
 def adapt(
@@ -313,13 +636,29 @@ def adapt(
     spec: DatasetSpec,
     order: Sequence[str],
     *,
-    call: str = "positional",
+    call: str | None = None,
+    hooks: Hooks | str | Mapping[str, Any] | None = None,
     output: Callable[[Any], Tensor] | None = None,
     supports_drop: bool = False,
     probe: bool = True,
     name: str | None = None,
 ) -> ModelAdapter:
-    """Wrap ``module`` for mmrobust (see :class:`ModelAdapter` for the arguments).
+    """Wrap ``module`` for mmrobust: plain (:class:`ModelAdapter`) or with declared hooks (:class:`HookedAdapter`).
+
+    Args:
+        module: Your model.
+        spec: The dataset spec.
+        order: The modalities the module takes, in its order.
+        call: ``positional`` (``forward(x_a, x_b)``), ``list`` (``forward([x_a, x_b])``) or ``dict``
+            (``forward({"a": x_a, ...})``); default ``positional``, or with ``hooks`` their ``fuse_call``
+            (a preset's layout: MultiBench ``list``, TorchMultimodal ``dict``).
+        hooks: The parts of ``module`` (:class:`~mmrobust.models.hooks.Hooks`), a preset name
+            (``"multibench"``, ``"torchmultimodal"``, ``"auto"``) or a run config's mapping; ``None``
+            wraps the module as one function of its inputs.
+        output: Maps the module's raw output to logits.
+        supports_drop: Whether absent modalities may be left out.
+        probe: Check the wrapped module (and the declared parts) at construction.
+        name: Name in result tables.
 
     The adapter is not in the model registry (``mr.models.create``): registry models are built from a
     spec alone, while an adapter needs your module.
@@ -327,9 +666,14 @@ def adapt(
     Example:
         >>> model = mr.models.adapt(my_net, data.spec, order=["image", "audio"])   # doctest: +SKIP
         >>> mr.evaluate(model, data.test, [mr.attacks.create("pgd", modalities="audio", eps=0.1)])  # doctest: +SKIP
+        >>> mmdl = mr.models.adapt(my_mmdl, data.spec, order=["image", "audio"], hooks="multibench")  # doctest: +SKIP
     """
+    if hooks is not None:
+        return HookedAdapter(module, spec, order, hooks, call=call, output=output, supports_drop=supports_drop,
+                             probe=probe, name=name)
     return ModelAdapter(
-        module, spec, order, call=call, output=output, supports_drop=supports_drop, probe=probe, name=name
+        module, spec, order, call=call or "positional", output=output, supports_drop=supports_drop, probe=probe,
+        name=name,
     )
 
 
@@ -373,6 +717,13 @@ def _check_signature(module: nn.Module, names: list[str]) -> None:
             f"adapter: order={names} does not match the parameter names of {type(module).__name__}.forward{shown}; "
             f"did you mean order={first}?"
         )
+
+
+def _device(module: nn.Module) -> torch.device:
+    ref = next(iter(module.parameters()), None)
+    if ref is None:
+        ref = next(iter(module.buffers()), None)
+    return ref.device if ref is not None else torch.device("cpu")
 
 
 def _zeros(m: ModalitySpec, n: int) -> Tensor:

@@ -6,6 +6,11 @@ Hooks (product.md):
     * :meth:`MultimodalModel.head_from_fused` ``fused -> logits``
     * :meth:`MultimodalModel.unimodal_logits` ``x -> {m: logits_m}`` for late fusion
     * :meth:`MultimodalModel.embed` token ids -> embeddings for text modalities
+
+Which of them a model offers: :meth:`MultimodalModel.hook_error` (``None`` where available, else the
+one-line reason, naming for a foreign module what to declare); :func:`require_hook` turns that into
+the up-front refusal of a method. A native model has them all, except ``unimodal_logits`` (late
+fusion only) and ``embeddings`` (text encoders only).
 """
 
 from __future__ import annotations
@@ -21,6 +26,28 @@ from mmrobust.models.encoders import TextEncoder, create_encoder
 from mmrobust.models.fusion import FUSIONS, Fusion
 from mmrobust.spec import DatasetSpec
 from mmrobust.utils.checks import check_int
+
+#: The hooks a method may need (see :meth:`MultimodalModel.hook_error`): per-modality embeddings
+#: (``encode`` / ``encode_one``), the fused embedding and the head (``fuse`` / ``head_from_fused``),
+#: per-modality logits summed into the output (late fusion), a token-embedding surface (text).
+HOOKS: tuple[str, ...] = ("encoders", "fuse", "unimodal_logits", "embeddings")
+
+
+def require_hook(model: Any, who: str, hook: str, modality: str | None = None) -> None:
+    """Refuse ``who`` up front, in one line, when ``model`` lacks ``hook`` (one of :data:`HOOKS`).
+
+    Args:
+        model: A :class:`MultimodalModel` (native, or an adapter around a foreign module).
+        who: The method, for the message (``"geometry"``, ``"jr"`` ...).
+        hook: The needed hook.
+        modality: The modality, for ``embeddings``.
+
+    Raises:
+        UnsupportedError: ``"<who>: <why the hook is missing and how to declare it>"``.
+    """
+    why = model.hook_error(hook, modality) if isinstance(model, MultimodalModel) else None
+    if why is not None:
+        raise UnsupportedError(f"{who}: {why}")
 
 
 class MultimodalModel(nn.Module):
@@ -104,6 +131,42 @@ class MultimodalModel(nn.Module):
     def is_late(self) -> bool:
         """Whether the fused output is a sum of per-modality logits."""
         return self.fusion.late
+
+    # ----------------------------------------------------------------------------------- capabilities
+    def hook_error(self, hook: str, modality: str | None = None) -> str | None:
+        """Why this model lacks ``hook`` (one of :data:`HOOKS`), or ``None`` when it has it.
+
+        A native model has per-modality encoders and a fusion layer; ``unimodal_logits`` needs late
+        fusion and ``embeddings`` a text encoder for ``modality``. Adapters around foreign modules
+        answer what was declared (``mr.models.adapt(..., hooks=...)``).
+        """
+        if hook not in HOOKS:
+            raise InputError(f"unknown hook {hook!r}; hooks are {list(HOOKS)}")
+        if hook == "unimodal_logits" and not self.is_late:
+            return f"needs per-modality logits (late fusion); this model uses {self.fusion_name!r} fusion"
+        if hook == "embeddings" and (modality is None or not self.has_token_embeddings(modality)):
+            return f"modality {modality!r} has no token-embedding surface (a text encoder with embed / mask)"
+        return None
+
+    def has_token_embeddings(self, name: str) -> bool:
+        """Whether modality ``name`` is encoded from token embeddings that attacks can perturb."""
+        return name in self.encoders and isinstance(self.encoders[name], TextEncoder)
+
+    def token_mask(self, name: str, tokens: Tensor) -> Tensor:
+        """Boolean (N, L): True at the real (non-pad) positions of text modality ``name``."""
+        if not self.has_token_embeddings(name):
+            raise UnsupportedError(f"modality {name!r} has no token embeddings")
+        return self.encoders[name].mask(tokens)
+
+    def token_dim(self, name: str) -> int:
+        """Width D of the token embeddings (N, L, D) of text modality ``name``."""
+        if not self.has_token_embeddings(name):
+            raise UnsupportedError(f"modality {name!r} has no token embeddings")
+        return int(self.encoders[name].embedding.embedding_dim)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The parameters :func:`mmrobust.train` optimises by default: all of them (adapters: the declared parts)."""
+        return list(self.parameters())
 
     # ----------------------------------------------------------------------------------- hooks
     def _check_drop(self, drop: Sequence[str]) -> tuple[str, ...]:
@@ -214,7 +277,7 @@ class MultimodalModel(nn.Module):
             for m, e in (embeddings or {}).items():
                 if m not in self.modalities or m in drop or not self.spec[m].is_tokens:
                     raise InputError(f"embeddings given for {m!r}, which is not a present text modality")
-                want = (n, *self.spec[m].shape, self.encoders[m].embedding.embedding_dim)
+                want = (n, *self.spec[m].shape, self.token_dim(m))
                 if tuple(e.shape) != want:
                     raise InputError(f"embeddings for {m!r}: expected shape {want}, got {tuple(e.shape)}")
                 if not bool(torch.isfinite(e).all()):

@@ -59,6 +59,12 @@ def load_checkpoint(path: str | os.PathLike[str]) -> MultimodalModel:
     payload = read_checkpoint(path)
     spec = DatasetSpec.from_dict(payload["spec"])
     cfg = dict(payload["config"])
+    if "hooks" in cfg or "module" in cfg:  # mr.models.adapt(...) around your own module: its class is not in the file
+        raise CacheError(
+            f"checkpoint {path} holds the weights of your own module ({cfg.get('module')}); a checkpoint cannot "
+            "rebuild your class: build and wrap it as before (mr.models.adapt(...)), then "
+            "mr.models.load_weights(model, path)"
+        )
     name = cfg.pop("name", None)
     defense = cfg.pop("defense", None)
     try:
@@ -84,4 +90,33 @@ def load_checkpoint(path: str | os.PathLike[str]) -> MultimodalModel:
         on_load(model)
     if defense is not None:
         model.defense_info = dict(model.checkpoint_meta.get("defense_info", {}))
+    return model.eval()
+
+
+def load_weights(model: MultimodalModel, path: str | os.PathLike[str]) -> MultimodalModel:
+    """Load the weights saved at ``path`` into ``model``, a model of the same structure (in eval mode).
+
+    For models a checkpoint cannot rebuild on its own — an adapter around your own module
+    (:func:`mmrobust.models.adapt`), whose class the file does not hold: build and wrap it as when
+    it was saved (for a defended one: ``defense.rebuild(model, info)``), then load its weights.
+    Sets ``checkpoint_meta`` (and ``defense_info`` of a defended model) as :func:`load_checkpoint` does.
+
+    Raises:
+        CacheError: a missing or damaged file, or weights that do not fit ``model``.
+    """
+    payload = read_checkpoint(path)
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[1:3]) if len(first) > 1 else first[0] if first else ""
+        raise CacheError(f"checkpoint {path} does not fit this model: {detail[:300]}") from None
+    model.checkpoint_meta = payload.get("meta", {})
+    defense = payload["config"].get("defense")
+    if defense is not None:
+        model.config["defense"] = defense
+        model.defense_info = dict(model.checkpoint_meta.get("defense_info", {}))
+    on_load = getattr(model.fusion, "on_load", None)
+    if callable(on_load):
+        on_load(model)
     return model.eval()

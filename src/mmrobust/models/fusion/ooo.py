@@ -25,6 +25,7 @@ Shapes: ``z[m]`` (N, dims[m]) -> fused (N, hidden); ``aux["odd_one_out"]`` and
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -88,13 +89,7 @@ class OddOneOutFusion(Fusion):
         detector_hidden = check_int(detector_hidden, "ooo fusion", "detector_hidden")
         detector_layers = check_int(detector_layers, "ooo fusion", "detector_layers")
         total = sum(self.dims[m] for m in self.names)
-        layers: list[nn.Module] = []
-        width = total
-        for _ in range(detector_layers):
-            layers += [nn.Linear(width, detector_hidden), nn.ReLU()]
-            width = detector_hidden
-        layers.append(nn.Linear(width, len(self.names) + 1))
-        self.detector = nn.Sequential(*layers)
+        self.detector = _detector(total, detector_hidden, detector_layers, len(self.names) + 1)
         self.experts = nn.ModuleList(
             [nn.Sequential(nn.Linear(total - self.dims[m], hidden), nn.ReLU()) for m in self.names]
             + [nn.Sequential(nn.Linear(total, hidden), nn.ReLU())]
@@ -187,6 +182,80 @@ class OddOneOutFusion(Fusion):
             keep = torch.cat([lin.weight[:, :a], lin.weight[:, b:]], dim=1)
             self.experts[j][0].weight.copy_(keep)
             self.experts[j][0].bias.copy_(lin.bias + lin.weight[:, a:b] @ z_mean[m].to(lin.weight))
+
+
+def _detector(width: int, hidden: int, layers: int, outcomes: int) -> nn.Sequential:
+    """The odd-one-out network's MLP: ``layers`` hidden ReLU layers of width ``hidden``, then ``outcomes`` logits."""
+    parts: list[nn.Module] = []
+    for _ in range(layers):
+        parts += [nn.Linear(width, hidden), nn.ReLU()]
+        width = hidden
+    parts.append(nn.Linear(width, outcomes))
+    return nn.Sequential(*parts)
+
+
+class ImputedExpert(nn.Module):
+    """One expert around a copy of a trained fusion: e_j(z) = fusion(z with z_j replaced by its mean).
+
+    ``left_out=None`` is e_M, the fusion itself. The mean (a buffer, ``(dims[left_out],)``) is the
+    training-set mean of z_j, set by :meth:`OddOneOutAround.set_means`.
+    """
+
+    def __init__(self, fusion: Fusion, left_out: str | None, dim: int) -> None:
+        super().__init__()
+        self.fusion = fusion
+        self.left_out = left_out
+        self.register_buffer("mean", torch.zeros(dim if left_out is not None else 0))
+
+    def forward(self, z: Mapping[str, Tensor]) -> Tensor:
+        """The fusion's embedding (N, out_dim) with z[left_out] replaced by its mean."""
+        if self.left_out is not None:
+            n = next(iter(z.values())).shape[0]
+            z = {**z, self.left_out: self.mean.to(z[self.left_out].dtype).expand(n, -1)}
+        return self.fusion(z)[0]
+
+
+class OddOneOutAround(OddOneOutFusion):
+    """Odd-one-out fusion whose M + 1 experts are copies of a trained fusion (any fusion, e.g. your own module's).
+
+    Yang et al.'s experts (CVPR 2021, arXiv 2206.12714) fuse every modality but one. Built on a trained
+    fusion F (a foreign model's declared fusion, or any :class:`Fusion`), expert e_j is a copy of F with z_j
+    replaced by its training-set mean (it never sees z_j), and e_M a copy of F itself; the model's own head
+    stays on top of ẑ = Σ_j o_j e_j. This is the concat warm start
+    (:meth:`OddOneOutFusion.warm_start_from_concat`) for a fusion of any form: with o on e_M the model is F.
+    The detector is the same MLP on [z_1; …; z_M]. Outcome indices as in :class:`OddOneOutFusion`.
+
+    Args:
+        base: The trained fusion F (copied M + 1 times; not modified).
+        detector_hidden: Width of the detector's hidden layers.
+        detector_layers: Its number of hidden layers.
+    """
+
+    def __init__(self, base: Fusion, detector_hidden: int = 128, detector_layers: int = 1) -> None:
+        Fusion.__init__(self, base.names, base.dims, base.num_classes)
+        if len(self.names) < 2:
+            raise InputError(f"ooo fusion needs at least two modalities, got {self.names}")
+        detector_hidden = check_int(detector_hidden, "ooo fusion", "detector_hidden")
+        detector_layers = check_int(detector_layers, "ooo fusion", "detector_layers")
+        total = sum(self.dims[m] for m in self.names)
+        self.detector = _detector(total, detector_hidden, detector_layers, len(self.names) + 1)
+        self.experts = nn.ModuleList(
+            [ImputedExpert(copy.deepcopy(base), m, self.dims[m]) for m in self.names]
+            + [ImputedExpert(copy.deepcopy(base), None, 0)]
+        )
+        self.out_dim = base.out_dim
+
+    def expert_outputs(self, z: Mapping[str, Tensor]) -> Tensor:
+        """Outputs of the M + 1 experts stacked as (N, M + 1, out_dim); expert j < M sees the mean of z_j."""
+        self._check(z)
+        return torch.stack([e(z) for e in self.experts], dim=1)
+
+    @torch.no_grad()
+    def set_means(self, z_mean: Mapping[str, Tensor]) -> None:
+        """Set the imputed means ``{m: (dims[m],)}`` (training-set means of the embeddings)."""
+        for e in self.experts:
+            if e.left_out is not None:
+                e.mean.copy_(z_mean[e.left_out].to(e.mean))
 
 
 # ----------------------------------------------------------------------------------- helpers
