@@ -305,6 +305,9 @@ def evaluate(
             if cid in gradient and noise:
                 robust = [r["robust"][cid] for r in records if cid in r["noise"]]
                 flags += checker.noise_flags(cid, torch.cat(noise), torch.cat(robust))
+            box = samples.get(f"info/{cid}/black_box_only")  # the standard evaluation's record (auto)
+            if box is not None:
+                flags += checker.black_box_flags(cid, torch.from_numpy(np.asarray(box, dtype=bool)))
     result = EvaluationResult(
         model=name or model.config.get("name", model.fusion_name),
         seed=seed,

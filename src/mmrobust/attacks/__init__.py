@@ -16,6 +16,8 @@ from typing import Any
 
 from mmrobust.attacks.adaptive import Bpda, WorstCase
 from mmrobust.attacks.apgd import APGD
+from mmrobust.attacks.apgdt import APGDT
+from mmrobust.attacks.auto import Auto
 from mmrobust.attacks.base import Condition, ConditionOutput, EvalContext
 from mmrobust.attacks.corruptions import Corruption
 from mmrobust.attacks.decoupling import Decoupling, asr_curve
@@ -36,11 +38,13 @@ ATTACKS.register("fgsm")(FGSM)
 ATTACKS.register("pgd")(PGD)
 ATTACKS.register("decoupling")(Decoupling)
 ATTACKS.register("apgd")(APGD)
+ATTACKS.register("apgdt")(APGDT)
 ATTACKS.register("universal")(Universal)
 ATTACKS.register("transfer")(Transfer)
 ATTACKS.register("evade")(Evade)
 ATTACKS.register("worst_case")(WorstCase)
 ATTACKS.register("bpda")(Bpda)
+ATTACKS.register("auto")(Auto)
 
 
 def create(name: str, **hparams: Any) -> Condition:
@@ -55,12 +59,14 @@ def names() -> list[str]:
 
 __all__ = [
     "APGD",
+    "APGDT",
     "ATTACKS",
     "FGSM",
     "FILLS",
     "LOSSES",
     "PGD",
     "AttackOutput",
+    "Auto",
     "Bpda",
     "Condition",
     "ConditionOutput",
