@@ -153,7 +153,8 @@ def test_presets_and_params():
                             "version": "standard", "attacks": "apgd-ce+apgd-t"}
     assert atk.id == "auto[audio|norm=linf,eps=0.05,budget=per_modality,version=standard,attacks=apgd-ce+apgd-t]"
     # the version's order, whatever order the labels come in
-    assert mr.attacks.create("auto", modalities="audio", eps=0.05, attacks=["apgd-t", "apgd-ce"]).labels == GRADIENT_ONLY
+    swapped = mr.attacks.create("auto", modalities="audio", eps=0.05, attacks=["apgd-t", "apgd-ce"])
+    assert swapped.labels == GRADIENT_ONLY
 
 
 @pytest.mark.parametrize(
@@ -351,3 +352,27 @@ def test_adaptive_auto_on_odd_one_out(toy_data, toy_batch):
     plain = mr.attacks.create("apgd", modalities="audio", eps=0.2, steps=50)
     p = plain.apply(model, x, y, ctx(toy_data))
     assert not torch.equal(o.x["audio"], p.x["audio"])  # the same start, another objective
+
+
+# ------------------------------------------------------------------------------------ runner and CLI
+def test_runner_builds_auto_like_any_attack(toy_data, toy_late):
+    from mmrobust.bench.config import validate_config
+    from mmrobust.bench.threats import check_threats, threat_groups
+    from mmrobust.errors import ConfigError
+
+    params = {"version": "fast"} if HAS_SQUARE else {"version": "fast", "attacks": GRADIENT_ONLY}
+    cfg = validate_config({"threats": {"attacks": [
+        {"name": "auto", "eps": [{"image": 0.1, "audio": 0.05, "text": 0.5}, 0.2], "params": params}]}})
+    check_threats(cfg, toy_data.spec)
+    (group,) = [g for g in threat_groups(toy_late, cfg) if g.family == "attack"]
+    assert group.key == "attack-auto-each"
+    first, second = group.conditions
+    assert isinstance(first, Auto) and first.threat.each and first.eps == {"image": 0.1, "audio": 0.05, "text": 0.5}
+    assert second.eps == 0.2 and first.threat.token_surface == "embedding"  # text through its embeddings
+    jr = mr.defenses.create("jr", gamma=0.5)
+    (adapted,) = [g for g in threat_groups(toy_late, cfg, lambda c: jr.adaptive(c, toy_late, model=toy_late))
+                  if g.family == "attack"]
+    assert all(c.params()["adaptive"] == "transfer+bpda+full" for c in adapted.conditions)
+    bad = validate_config({"threats": {"attacks": [{"name": "auto", "eps": [0.1], "params": {"attacks": ["fab"]}}]}})
+    with pytest.raises(ConfigError, match=r"threats.attacks.0 \(auto\): auto: unknown attack label"):
+        check_threats(bad, toy_data.spec)

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from mmrobust.attacks.base import Condition, EvalContext
 from mmrobust.attacks.gradient import (
+    LOSSES,
     AttackOutput,
     GradientAttack,
     Objective,
@@ -318,7 +319,7 @@ class Auto(GradientAttack):
         self, obj: Objective, ctx: EvalContext
     ) -> tuple[dict[str, Tensor], Tensor, Tensor, dict[str, Tensor]]:
         """The survivors-only sequence of attacks on one batch."""
-        model, y, threat = obj.model, obj.y, obj.threat
+        model, y = obj.model, obj.y
         runs = self._runs(model)
         n = y.shape[0]
         with torch.no_grad():
@@ -337,12 +338,7 @@ class Auto(GradientAttack):
             idx = (~found).nonzero().squeeze(1)
             if cond is not None and idx.numel():
                 sub = obj.subset(idx)
-                xs = {m: v[idx] for m, v in obj.x.items()}
-                out = cond.apply(model, xs, y[idx], ctx)
-                if out.drop:
-                    raise UnsupportedError(f"auto: {label} ({cond.id}) drops modalities {out.drop}; only attacks "
-                                           "that perturb inputs can run in the list")
-                var = {m: _variable(out, m, threat.surface[m], sub.origin[m]) for m in threat.modalities}
+                var = self._run_one(label, cond, sub, ctx)
                 with torch.no_grad():
                     logits = sub.logits(var)
                 margin = cw_loss(logits, sub.y)
@@ -365,6 +361,27 @@ class Auto(GradientAttack):
         info["broken_by"] = broken_by
         info["black_box_only"] = box_any & ~grad_any
         return adv, loss, found, info
+
+    def _run_one(self, label: str, cond: Condition, sub: Objective, ctx: EvalContext) -> dict[str, Tensor]:
+        """One attack of the list on the survivors ``sub``; its attacked variables ``{m: (n, ...)}``.
+
+        Gradient attacks run on ``sub`` itself (its cached clean embeddings and, for the minimal-ε
+        search, its per-sample radii); wrappers (transfer, BPDA) run through their ``apply``.
+        """
+        threat = sub.threat
+        if isinstance(cond, GradientAttack) and not cond.threat.each:
+            cond.resolve(sub.model)  # the attack's own checks (e.g. APGD-T's class count)
+            own = copy.copy(sub)
+            own.loss_fn = LOSSES.get(getattr(cond, "loss", "ce"), cw_loss)
+            adv, _, _ = cond._perturb(own, ctx)
+            return {m: adv[m] for m in threat.modalities}
+        if any(isinstance(e, Tensor) and e.dim() > 0 for e in threat.eps.values()):
+            raise UnsupportedError(f"auto: {label} ({cond.id}) wraps another attack and cannot take per-sample radii")
+        out = cond.apply(sub.model, sub.x, sub.y, ctx)
+        if out.drop:
+            raise UnsupportedError(f"auto: {label} ({cond.id}) drops modalities {out.drop}; only attacks that "
+                                   "perturb inputs can run in the list")
+        return {m: _variable(out, m, threat.surface[m], sub.origin[m]) for m in threat.modalities}
 
     def _each_info(self, names: Sequence[str], outs: Mapping[str, AttackOutput], chosen: Tensor) -> dict[str, Tensor]:
         """Per-attack outcomes over the modalities, ``broken_by`` of the chosen one, ``black_box_only``."""
