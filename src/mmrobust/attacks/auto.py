@@ -215,7 +215,8 @@ class Auto(GradientAttack):
 
         Returns:
             A new :class:`Auto` (``self`` if no attack has more than the attack itself as variant).
-            Its ``params()["adaptive"]`` lists the variant labels.
+            Its ``params()["adaptive"]`` lists the variant labels; ``modalities="each"`` copies
+            (:meth:`single`) keep the variants, :meth:`replace` rebuilds the plain evaluation.
         """
         new = copy.copy(self)
         new._singles = {}
