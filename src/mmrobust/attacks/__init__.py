@@ -24,6 +24,7 @@ from mmrobust.attacks.fgsm import FGSM
 from mmrobust.attacks.gradient import LOSSES, AttackOutput, GradientAttack
 from mmrobust.attacks.missing import FILLS, Missing
 from mmrobust.attacks.pgd import PGD
+from mmrobust.attacks.square import Square
 from mmrobust.attacks.threat import ResolvedThreat, ThreatModel
 from mmrobust.attacks.transfer import Transfer
 from mmrobust.attacks.universal import Universal
@@ -41,6 +42,7 @@ ATTACKS.register("transfer")(Transfer)
 ATTACKS.register("evade")(Evade)
 ATTACKS.register("worst_case")(WorstCase)
 ATTACKS.register("bpda")(Bpda)
+ATTACKS.register("square")(Square)
 
 
 def create(name: str, **hparams: Any) -> Condition:
@@ -71,6 +73,7 @@ __all__ = [
     "GradientAttack",
     "Missing",
     "ResolvedThreat",
+    "Square",
     "ThreatModel",
     "Transfer",
     "Universal",
