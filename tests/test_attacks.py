@@ -33,14 +33,16 @@ THREATS = {
 }
 TOL = 1e-6
 #: The registry walks check invariants that hold at any iteration budget; attacks whose default
-#: budget is larger (APGD's 100 steps) run with this many steps there.
-MAX_STEPS = 10
+#: budget is larger (APGD's 100 steps, Square's 5000 queries) run with this budget there.
+MAX_BUDGET = {"steps": 10, "queries": 100}
 
 
 def make(name, threat, **kw):
-    steps = inspect.signature(ATTACKS.get(name).__init__).parameters.get("steps")
-    if steps is not None and isinstance(steps.default, int) and steps.default > MAX_STEPS:
-        kw.setdefault("steps", MAX_STEPS)
+    params = inspect.signature(ATTACKS.get(name).__init__).parameters
+    for key, cap in MAX_BUDGET.items():
+        p = params.get(key)
+        if p is not None and isinstance(p.default, int) and p.default > cap:
+            kw.setdefault(key, cap)
     return create(name, **threat, **kw)
 
 
@@ -51,7 +53,7 @@ def create(name, **kw):
     """
     if "version" in inspect.signature(ATTACKS.get(name).__init__).parameters:
         kw.setdefault("version", "fast")
-        kw.setdefault("attacks", ["apgd-ce", "square"] if "square" in ATTACKS.names() else ["apgd-ce"])
+        kw.setdefault("attacks", ["apgd-ce", "square"])
     return mr.attacks.create(name, **kw)
 
 
@@ -63,7 +65,7 @@ def extra_info(name, out):
     """Per-sample info beyond success, loss and norms (the standard evaluation's per-attack record)."""
     if name != "auto":
         return set()
-    return {k for k in out.info if k.startswith(("success/", "ran/"))} | {"broken_by", "black_box_only"}
+    return {k for k in out.info if k.startswith(("success/", "ran/", "queries/"))} | {"broken_by", "black_box_only"}
 
 
 def zero_eps(threat):
@@ -112,7 +114,7 @@ def test_budget_range_and_untouched(name, threat, toy_late, toy_data, toy_batch)
         torch.testing.assert_close(out.info["norm/joint"], joint)
     assert set(out.info) == {"success", "loss"} | {f"norm/{m}" for m in mods} | (
         {"norm/joint"} if threat.get("budget") == "joint" else set()
-    ) | extra_info(name, out)
+    ) | set(ATTACKS.get(name).counters) | extra_info(name, out)
     assert all(v.shape == (n,) for v in out.info.values())
     assert out.drop == () and out.embeddings == {}
     with torch.no_grad():
@@ -391,6 +393,10 @@ def test_dlr_needs_three_classes(name, toy_data, toy_batch):
         num_classes=2,
     )
     model2 = mr.models.create("late", spec2)
+    if "dlr" not in ATTACKS.get(name).losses:  # e.g. Square: margin and ce only
+        with pytest.raises(mr.InputError, match=f"{name}: unknown loss 'dlr'"):
+            create(name, modalities="image", eps=0.1, loss="dlr")
+        return
     atk = create(name, modalities="image", eps=0.1, loss="dlr")
     need = ATTACKS.get(name).dlr_min_classes  # 3; APGD-T's targeted DLR reads a 4th logit
     with pytest.raises(mr.InputError, match=rf"dlr loss needs at least {need} classes.*has 2"):

@@ -12,7 +12,7 @@ import torch
 
 import mmrobust as mr
 from conftest import ctx
-from mmrobust.attacks import ATTACKS, Transfer
+from mmrobust.attacks import ATTACKS, Square, Transfer
 from mmrobust.attacks.adaptive import Bpda
 from mmrobust.attacks.apgdt import target_classes
 from mmrobust.attacks.auto import CLEAN_WRONG, PRESETS, ROBUST, Auto
@@ -22,15 +22,11 @@ from mmrobust.defenses.jr import build_jr_model
 from mmrobust.reliability import ReliabilityChecks
 from mmrobust.spec import DatasetSpec, ModalitySpec
 
-HAS_SQUARE = "square" in ATTACKS.names()
-needs_square = pytest.mark.skipif(not HAS_SQUARE, reason="the square attack (branch `square`) is not merged yet")
 GRADIENT_ONLY = ["apgd-ce", "apgd-t"]
 
 
 def auto(mods="image", eps=0.2, **kw):
     kw.setdefault("version", "fast")
-    if not HAS_SQUARE:
-        kw.setdefault("attacks", GRADIENT_ONLY)
     return mr.attacks.create("auto", modalities=mods, eps=eps, **kw)
 
 
@@ -252,7 +248,6 @@ def test_black_box_flag_from_the_record():
     assert chk.black_box_flags("auto[x]", torch.cat([only, torch.zeros(1000, dtype=torch.bool)])) == []
 
 
-@needs_square
 def test_quantised_gradients_raise_the_black_box_flag(toy_late, toy_data):
     from test_flags import Quantised, wrapped
 
@@ -265,17 +260,10 @@ def test_quantised_gradients_raise_the_black_box_flag(toy_late, toy_data):
     assert only.sum() >= 2 and np.array_equal(only, res.samples[f"info/{atk.id}/success/square"].astype(bool))
 
 
-@needs_square
 def test_honest_model_raises_no_black_box_flag(toy_late, toy_data):
     conds = [mr.attacks.create("auto", modalities=m, eps=0.1, version="fast") for m in ("image", "audio")]
     res = mr.evaluate(toy_late, toy_data.test, conds)
     assert not [f for f in res.flags if f["name"] == "black_box_beats_gradient"]
-
-
-@pytest.mark.skipif(HAS_SQUARE, reason="only meaningful while the square attack is missing")
-def test_missing_square_is_a_clear_error():
-    with pytest.raises(mr.UnsupportedError, match=r"runs the square attack.*attacks=\['apgd-ce', 'apgd-t'\]"):
-        mr.attacks.create("auto", modalities="audio", eps=0.1)
 
 
 # ------------------------------------------------------------------------------------ adaptive
@@ -296,8 +284,8 @@ def test_adaptive_auto_expands_the_gradient_attacks(toy_late):
     assert kinds[0] is EvadeAPGD and kinds[3] is EvadeAPGDT and ooo._runs(toy_late)[0][1].kappa == 1.0
     assert mr.defenses.create("modality_dropout").adaptive(atk) is atk
     assert mr.defenses.create("adversarial_training", eps=0.1).adaptive(atk) is atk
-    if HAS_SQUARE:  # the black-box attack stays as it is, on the defended model
-        assert jr.labels[-1] == "square" and type(jr._runs(toy_late)[-1][1]).__name__ == "Square"
+    # the black-box attack stays as it is, on the defended model
+    assert jr.labels[-1] == "square" and isinstance(jr._runs(toy_late)[-1][1], Square)
 
 
 def _check_cascade(model, out, y, labels, each=False):
@@ -360,7 +348,7 @@ def test_runner_builds_auto_like_any_attack(toy_data, toy_late):
     from mmrobust.bench.threats import check_threats, threat_groups
     from mmrobust.errors import ConfigError
 
-    params = {"version": "fast"} if HAS_SQUARE else {"version": "fast", "attacks": GRADIENT_ONLY}
+    params = {"version": "fast"}
     cfg = validate_config({"threats": {"attacks": [
         {"name": "auto", "eps": [{"image": 0.1, "audio": 0.05, "text": 0.5}, 0.2], "params": params}]}})
     check_threats(cfg, toy_data.spec)

@@ -167,10 +167,13 @@ class ReliabilityChecks:
 
         The gradient is that of the CW margin max_{k≠y} s_k − s_y at the clean point, which never
         saturates (unlike cross-entropy on very confident samples), so an exactly-zero gradient
-        means the modality's path is not differentiable.
+        means the modality's path is not differentiable. Gradient-free attacks (``gradient_free``,
+        e.g. Square) get no gradient flags: masked gradients do not weaken them.
         """
         from mmrobust.attacks.gradient import Objective, attack_mode, cw_loss
 
+        if getattr(condition, "gradient_free", False):
+            return []
         flags = []
         for threat in _threats(model, condition):
             with attack_mode(model):

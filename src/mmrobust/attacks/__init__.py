@@ -26,6 +26,7 @@ from mmrobust.attacks.fgsm import FGSM
 from mmrobust.attacks.gradient import LOSSES, AttackOutput, GradientAttack
 from mmrobust.attacks.missing import FILLS, Missing
 from mmrobust.attacks.pgd import PGD
+from mmrobust.attacks.square import Square
 from mmrobust.attacks.threat import ResolvedThreat, ThreatModel
 from mmrobust.attacks.transfer import Transfer
 from mmrobust.attacks.universal import Universal
@@ -44,6 +45,7 @@ ATTACKS.register("transfer")(Transfer)
 ATTACKS.register("evade")(Evade)
 ATTACKS.register("worst_case")(WorstCase)
 ATTACKS.register("bpda")(Bpda)
+ATTACKS.register("square")(Square)
 ATTACKS.register("auto")(Auto)
 
 
@@ -77,6 +79,7 @@ __all__ = [
     "GradientAttack",
     "Missing",
     "ResolvedThreat",
+    "Square",
     "ThreatModel",
     "Transfer",
     "Universal",

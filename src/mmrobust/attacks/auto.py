@@ -31,7 +31,6 @@ from torch import Tensor
 
 from mmrobust.attacks.base import Condition, EvalContext
 from mmrobust.attacks.gradient import (
-    LOSSES,
     AttackOutput,
     GradientAttack,
     Objective,
@@ -39,7 +38,7 @@ from mmrobust.attacks.gradient import (
     attack_mode,
     cw_loss,
 )
-from mmrobust.errors import InputError, MMRobustError, UnknownNameError, UnsupportedError
+from mmrobust.errors import InputError, MMRobustError, UnsupportedError
 
 #: What :meth:`mmrobust.defenses.Defense.attack_variants` returns for one attack.
 Variants = Callable[[Condition], list[tuple[str, Condition]]]
@@ -139,10 +138,12 @@ class Auto(GradientAttack):
         ``loss`` (the CW margin max_{k≠y} s_k − s_y at the returned point, > 0 iff misclassified),
         ``norm/<m>``, ``broken_by`` (index into ``params()["attacks"]`` of the attack that broke the
         sample; −1 robust, −2 misclassified clean), ``success/<label>`` and ``ran/<label>`` per
-        attack (it broke / attacked the sample), ``black_box_only`` (broken by a black-box attack
-        after every gradient attack failed: the evidence behind the ``black_box_beats_gradient``
-        flag). With ``modalities="each"`` the per-attack entries say whether that attack broke (or
-        attacked) the sample on any modality, and ``broken_by`` is that of the chosen modality.
+        attack (it broke / attacked the sample), ``<counter>/<label>`` for the counts an attack keeps
+        (``queries/square``: Square's model queries on the sample), ``black_box_only`` (broken by a
+        black-box attack after every gradient attack failed: the evidence behind the
+        ``black_box_beats_gradient`` flag). With ``modalities="each"`` the per-attack entries say
+        whether that attack broke (or attacked) the sample on any modality, counts are summed over
+        the modalities, and ``broken_by`` is that of the chosen modality.
 
     Example:
         >>> import mmrobust as mr
@@ -242,17 +243,10 @@ class Auto(GradientAttack):
         t = self.threat
         threat_kw: dict[str, Any] = {"modalities": t.modalities, "eps": t.eps, "norm": t.norm, "budget": t.budget}
         out = []
-        for stage in self.stages:
-            from mmrobust.attacks import ATTACKS
+        from mmrobust.attacks import ATTACKS
 
-            try:
-                factory = ATTACKS.get(stage.attack)
-            except UnknownNameError:
-                others = [s.label for s in self.stages if s is not stage]
-                raise UnsupportedError(
-                    f"auto: version {self.version!r} runs the {stage.attack} attack ({stage.label}), which is not "
-                    f"available in this installation; run the others with attacks={others}"
-                ) from None
+        for stage in self.stages:
+            factory = ATTACKS.get(stage.attack)
             kw = dict(threat_kw)
             if t.token_surface is not None:
                 kw["token_surface"] = t.token_surface
@@ -337,9 +331,13 @@ class Auto(GradientAttack):
             ran = torch.zeros_like(grad_any)
             broke = torch.zeros_like(grad_any)
             idx = (~found).nonzero().squeeze(1)
+            for k in getattr(cond, "counters", ()):  # e.g. Square's queries per sample
+                info[f"{k}/{label}"] = torch.zeros(n, dtype=torch.long, device=y.device)
             if cond is not None and idx.numel():
                 sub = obj.subset(idx)
-                var = self._run_one(label, cond, sub, ctx)
+                var, recorded = self._run_one(label, cond, sub, ctx)
+                for k in getattr(cond, "counters", ()):
+                    info[f"{k}/{label}"][idx] = recorded[k].to(info[f"{k}/{label}"])
                 with torch.no_grad():
                     logits = sub.logits(var)
                 margin = cw_loss(logits, sub.y)
@@ -363,8 +361,13 @@ class Auto(GradientAttack):
         info["black_box_only"] = box_any & ~grad_any
         return adv, loss, found, info
 
-    def _run_one(self, label: str, cond: Condition, sub: Objective, ctx: EvalContext) -> dict[str, Tensor]:
-        """One attack of the list on the survivors ``sub``; its attacked variables ``{m: (n, ...)}``.
+    def _run_one(
+        self, label: str, cond: Condition, sub: Objective, ctx: EvalContext
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """One attack of the list on the survivors ``sub``: its variables and per-sample records.
+
+        Returns its attacked variables ``{m: (n, ...)}`` and what it recorded per sample (its
+        ``info``, e.g. Square's ``queries``).
 
         Gradient attacks run on ``sub`` itself (its cached clean embeddings and, for the minimal-ε
         search, its per-sample radii); wrappers (transfer, BPDA) run through their ``apply``.
@@ -373,22 +376,25 @@ class Auto(GradientAttack):
         if isinstance(cond, GradientAttack) and not cond.threat.each:
             cond.resolve(sub.model)  # the attack's own checks (e.g. APGD-T's class count)
             own = copy.copy(sub)
-            own.loss_fn = LOSSES.get(getattr(cond, "loss", "ce"), cw_loss)
+            own.loss_fn, own.info = cond.loss_function(), {}
             adv, _, _ = cond._perturb(own, ctx)
-            return {m: adv[m] for m in threat.modalities}
+            return {m: adv[m] for m in threat.modalities}, own.info
         if any(isinstance(e, Tensor) and e.dim() > 0 for e in threat.eps.values()):
             raise UnsupportedError(f"auto: {label} ({cond.id}) wraps another attack and cannot take per-sample radii")
         out = cond.apply(sub.model, sub.x, sub.y, ctx)
         if out.drop:
             raise UnsupportedError(f"auto: {label} ({cond.id}) drops modalities {out.drop}; only attacks that "
                                    "perturb inputs can run in the list")
-        return {m: _variable(out, m, threat.surface[m], sub.origin[m]) for m in threat.modalities}
+        return {m: _variable(out, m, threat.surface[m], sub.origin[m]) for m in threat.modalities}, out.info
 
     def _each_info(self, names: Sequence[str], outs: Mapping[str, AttackOutput], chosen: Tensor) -> dict[str, Tensor]:
         """Per-attack outcomes over the modalities, ``broken_by`` of the chosen one, ``black_box_only``."""
         first = outs[names[0]].info
         keys = [k for k in first if k.startswith(("success/", "ran/"))]
         info = {k: torch.stack([outs[m].info[k] for m in names]).any(0) for k in keys}
+        counted = [f"{k}/{lb}" for b in self._build() for lb, c in zip(b.labels, b.conditions, strict=True)
+                   for k in getattr(c, "counters", ())]
+        info.update({k: torch.stack([outs[m].info[k] for m in names]).sum(0) for k in counted if k in first})
         stacked = torch.stack([outs[m].info["broken_by"] for m in names], 1)
         info["broken_by"] = stacked.gather(1, chosen[:, None]).squeeze(1)
         box = [f"success/{lb}" for lb in self.black_box_labels]

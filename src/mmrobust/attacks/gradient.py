@@ -1,5 +1,9 @@
 """Shared machinery of white-box gradient attacks on dict inputs (FGSM/FGM, PGD, ...).
 
+Score-based attacks that only read logits (Square) share the same base for its threat model,
+``each`` handling and output format; they set ``gradient_free`` so the reliability checks skip
+their gradient checks.
+
 :class:`GradientAttack` is the small base every gradient attack subclasses (in the spirit of
 torchattacks' ``Attack``): it owns the model's mode during the attack (eval mode, parameters frozen,
 both restored afterwards), validates the clean batch once, resolves the :class:`ThreatModel`, holds
@@ -137,7 +141,8 @@ class AttackOutput(ConditionOutput):
         drop: Always empty for gradient attacks.
         info: Per-sample tensors (N,): ``success`` (bool, misclassified after the attack), ``loss``
             (the attack loss at the returned point), ``norm/<m>`` (achieved ‖x'_m − x_m‖ in the
-            threat's norm, embedding units for token modalities) and ``norm/joint`` (joint budgets).
+            threat's norm, embedding units for token modalities) and ``norm/joint`` (joint budgets),
+            plus what the attack records in :attr:`Objective.info` (e.g. Square's ``queries``).
         embeddings: Adversarial token embeddings ``{m: (N, L, D)}`` for token modalities attacked
             through their embeddings; the model must be evaluated with them
             (``model(out.x, embeddings=out.embeddings)``, as :func:`mmrobust.evaluate` does).
@@ -191,6 +196,8 @@ class Objective:
         threat: The resolved threat model.
         y: Labels (N,).
         chunk: Rows per forward/backward block (default :func:`auto_chunk`).
+        info: Extra per-sample tensors (N,) an attack records while it runs (e.g. Square's
+            ``queries``); :meth:`output` adds them to the result's ``info``.
     """
 
     def __init__(
@@ -210,6 +217,7 @@ class Objective:
         self.loss_fn = loss
         self.origin: dict[str, Tensor] = {}
         self.masks: dict[str, Tensor] = {}
+        self.info: dict[str, Tensor] = {}
         #: (N,) target classes of a targeted loss (``loss_fn(logits, y, y_target)``), else ``None``.
         self.y_target: Tensor | None = None
         #: Other per-sample tensors (N, ...) an attack keeps with the batch (:meth:`subset` indexes them).
@@ -224,14 +232,15 @@ class Objective:
             # The speed-up: the untouched modalities are encoded once per batch.
             self.clean_z = {m: model.encode_one(m, x[m]) for m in model.modalities if m not in threat.modalities}
 
-    def logits(self, adv: Mapping[str, Tensor], rows: slice = _ALL) -> Tensor:
+    def logits(self, adv: Mapping[str, Tensor], rows: slice | Tensor = _ALL) -> Tensor:
         """Logits (n, K) with the attacked modalities set to ``adv`` (only those are re-encoded).
 
-        ``rows`` selects a contiguous block of the batch; ``adv`` then holds only those rows.
+        ``rows`` selects rows of the batch (a slice, or a tensor of row indices); ``adv`` then holds
+        only those rows.
         """
         return self.model.logits_from_embeddings(self.embeddings(adv, rows))
 
-    def embeddings(self, adv: Mapping[str, Tensor], rows: slice = _ALL) -> dict[str, Tensor]:
+    def embeddings(self, adv: Mapping[str, Tensor], rows: slice | Tensor = _ALL) -> dict[str, Tensor]:
         """Per-modality embeddings ``{m: (n, d)}``: cached for clean modalities, re-encoded for ``adv``."""
         z = {}
         for m in self.model.modalities:
@@ -243,13 +252,13 @@ class Objective:
                 z[m] = self.model.encode_one(m, adv[m])
         return z
 
-    def class_loss(self, logits: Tensor, rows: slice = _ALL) -> Tensor:
+    def class_loss(self, logits: Tensor, rows: slice | Tensor = _ALL) -> Tensor:
         """The classification loss (n,) of ``logits`` (n, K) for the rows ``rows`` (targeted if set)."""
         if self.y_target is None:
             return self.loss_fn(logits, self.y[rows])
         return self.loss_fn(logits, self.y[rows], self.y_target[rows])  # type: ignore[call-arg]
 
-    def loss(self, adv: Mapping[str, Tensor], rows: slice = _ALL) -> tuple[Tensor, Tensor]:
+    def loss(self, adv: Mapping[str, Tensor], rows: slice | Tensor = _ALL) -> tuple[Tensor, Tensor]:
         """Per-sample attack loss (n,) and logits (n, K) at ``adv`` (subclasses add terms here)."""
         logits = self.logits(adv, rows)
         return self.class_loss(logits, rows), logits
@@ -281,6 +290,7 @@ class Objective:
         if self.y_target is not None:
             new.y_target = self.y_target[rows]
         new.extra = {k: v[rows] for k, v in self.extra.items()}
+        new.info = {}  # what an attack records on the subset is its own (the caller maps it back)
         if any(isinstance(e, Tensor) and e.dim() > 0 for e in self.threat.eps.values()):  # per-sample radii
             eps = {m: e[rows] if isinstance(e, Tensor) and e.dim() > 0 else e for m, e in self.threat.eps.items()}
             new.threat = dataclasses.replace(self.threat, eps=eps)
@@ -334,6 +344,7 @@ class Objective:
         with torch.no_grad():
             norms = self.threat.norms({m: adv[m] - self.origin[m] for m in self.threat.modalities})
         info.update({f"norm/{k}": v for k, v in norms.items()})
+        info.update(self.info)
         return AttackOutput(x=x_out, info=info, embeddings=embeddings)
 
 
@@ -368,6 +379,14 @@ class GradientAttack(Condition):
     budgets: ClassVar[tuple[str, ...]] = ("per_modality", "joint")
     #: Classes the ``dlr`` loss needs (3 for DLR; the targeted DLR of APGD-T reads a 4th logit).
     dlr_min_classes: ClassVar[int] = 3
+    #: The attack's losses by name (``loss`` must be one of them).
+    losses: ClassVar[Mapping[str, LossFn]] = LOSSES
+    #: The attack only evaluates the model (no input gradients): the reliability checks skip their
+    #: gradient checks for it (``zero_gradients``, ``nonfinite_gradients``, the unbounded PGD).
+    gradient_free: ClassVar[bool] = False
+    #: Per-sample counts the attack adds to ``info`` (e.g. ``queries``); with ``modalities="each"``
+    #: they are summed over the modalities' attacks (and kept per modality as ``<key>/<m>``).
+    counters: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -385,8 +404,8 @@ class GradientAttack(Condition):
             raise InputError(
                 f"{self.name}: unsupported budget {budget!r}; {self.name} supports {', '.join(self.budgets)}"
             )
-        if loss not in LOSSES:
-            raise InputError(f"{self.name}: unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
+        if loss not in self.losses:
+            raise InputError(f"{self.name}: unknown loss {loss!r}; choose one of {', '.join(self.losses)}")
         try:
             self.threat = ThreatModel(modalities, eps=eps, norm=norm, budget=budget, token_surface=token_surface)
         except InputError as e:
@@ -412,6 +431,10 @@ class GradientAttack(Condition):
     def params(self) -> dict[str, Any]:
         """Threat-model hyper-parameters and the loss; subclasses append their own."""
         return {**self.threat.params(), "loss": self.loss}
+
+    def loss_function(self) -> LossFn:
+        """The per-sample loss (N, K), (N,) -> (N,) that ``loss`` names (maximised by the attack)."""
+        return self.losses[self.loss]
 
     def single(self, modality: str) -> GradientAttack:
         """This attack restricted to one modality (what ``modalities="each"`` runs for every modality).
@@ -484,7 +507,7 @@ class GradientAttack(Condition):
         threat = self.resolve(model)
         with attack_mode(model):
             _validate(model, x, y, threat)
-            obj = Objective(model, x, y, threat, LOSSES[self.loss])
+            obj = Objective(model, x, y, threat, self.loss_function())
             adv, loss, success = self._perturb(obj, ctx)
             return obj.output(adv, loss, success)
 
@@ -533,6 +556,10 @@ class GradientAttack(Condition):
             info[f"success/{m}"] = out.info["success"]
             info[f"loss/{m}"] = out.info["loss"]
             info[f"norm/{m}"] = torch.where(take, out.info[f"norm/{m}"], torch.zeros_like(out.info[f"norm/{m}"]))
+        for k in self.counters:  # e.g. model queries: every modality's attack spent them
+            for m in names:
+                info[f"{k}/{m}"] = outs[m].info[k]
+            info[k] = torch.stack([outs[m].info[k] for m in names], 0).sum(0)
         info.update(self._each_info(names, outs, first))
         return AttackOutput(x=x_out, info=info, embeddings=embeddings)
 

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from mmrobust.attacks._checks import check_positive
 from mmrobust.attacks.base import Condition, EvalContext
-from mmrobust.attacks.gradient import LOSSES, GradientAttack, Objective, _validate, attack_mode
+from mmrobust.attacks.gradient import GradientAttack, Objective, _validate, attack_mode
 from mmrobust.attacks.threat import ThreatModel
 from mmrobust.errors import InputError
 from mmrobust.metrics.base import Metric
@@ -417,7 +417,7 @@ class MinimalEpsSearch:
         threat = replace(base, eps=radii)  # (N,) radii: the threat's geometry works per sample
         with attack_mode(model):
             _validate(model, x, y, threat)
-            obj = Objective(model, x, y, threat, LOSSES[attack.loss])
+            obj = Objective(model, x, y, threat, attack.loss_function())
             adv, loss, success = attack._perturb(obj, ctx)
             out = obj.output(adv, loss, success)
         with torch.no_grad():
