@@ -59,23 +59,49 @@ def test_halving_conditions():
     best = torch.tensor([1.0, 1.0, 1.0, 2.0, 5.0])
     last = torch.tensor([1.0, 0.5, 1.0, 1.0, 5.0])
     was = torch.tensor([False, False, True, False, True])
-    # 12 steps, rho 0.75: fewer than 9 increases -> condition 1; equal best loss and no halving -> condition 2
+    # 12 steps, rho 0.75: at most 9 increases -> condition 1 (AutoAttack's <=); equal best loss and
+    # no halving at the last checkpoint -> condition 2
     got = halving(inc, 12, 0.75, best, last, was)
-    assert got.tolist() == [True, False, False, False, True]
+    assert got.tolist() == [True, True, False, False, True]
+
+
+def _reference_code_checkpoints(steps):
+    """AutoAttack's integer schedule: 22 % of T, then intervals shrinking by 3 % of T, at least 6 % of T."""
+    k, decr, low = max(int(0.22 * steps), 1), max(int(0.03 * steps), 1), max(int(0.06 * steps), 1)
+    out, t = [], 0
+    while t + k <= steps:
+        t += k
+        out.append(t)
+        k = max(k - decr, low)
+    return tuple(out)
+
+
+def test_checkpoints_match_autoattack_at_its_budget():
+    # AutoAttack runs T = 100: the paper's formula and the code's integer schedule agree there
+    assert checkpoints(100)[1:] == _reference_code_checkpoints(100)
+    assert _reference_code_checkpoints(50) == (11, 21, 30, 38, 45)  # documented difference at T = 50
+    assert checkpoints(50)[1:] == (11, 21, 29, 35, 40, 44, 47, 50)
 
 
 # ------------------------------------------------------------------------------------ halving
 @pytest.mark.parametrize("rho", [0.75, 0.0])
-def test_flat_loss_halves_as_the_paper_says(rho, toy_late, toy_data, toy_batch):
-    # eps = 0: the loss never moves. rho = 0.75: condition 1 at every checkpoint; rho = 0: only
-    # condition 2, which needs "not halved at the previous checkpoint", so every other checkpoint.
+def test_flat_loss_halves_at_every_checkpoint(rho, toy_late, toy_data, toy_batch):
+    # eps = 0: the loss never moves, no step increases it: condition 1 ("at most rho * h increases",
+    # AutoAttack's rule) holds at every checkpoint, even for rho = 0.
     x, y = toy_batch
     atk = mr.attacks.create("apgd", **{**IMAGE_AUDIO, "eps": 0.0}, steps=20, rho=rho, random_start=False)
     _, run = one_run(atk, toy_late, x, y)
     assert run.checkpoints == (5, 9, 12, 14, 16, 18, 19)
-    expected = [True] * 7 if rho else [True, False, True, False, True, False, True]
-    assert torch.equal(run.halved, torch.tensor(expected)[:, None].expand(7, y.shape[0]))
-    assert torch.equal(run.step_scale, torch.full_like(run.step_scale, 0.5 ** sum(expected)))
+    assert bool(run.halved.all()) and run.halved.shape == (7, y.shape[0])
+    assert torch.equal(run.step_scale, torch.full_like(run.step_scale, 0.5**7))
+
+
+def test_condition_two_skips_the_first_checkpoint():
+    # as AutoAttack's code: at w_1 only condition 1 can halve (it starts as if just halved)
+    inc = torch.tensor([10, 10])
+    best = torch.tensor([1.0, 1.0])
+    was = torch.tensor([True, False])
+    assert halving(inc, 12, 0.75, best, best, was).tolist() == [False, True]
 
 
 def _reference_halving(losses, marks, rho):
@@ -85,13 +111,13 @@ def _reference_halving(losses, marks, rho):
     for i in range(n):
         f = losses[:, i].tolist()
         prev = best = best_at = f[0]
-        inc, last, halved_last, j = 0, 0, False, 0
+        inc, last, halved_last, j = 0, 0, True, 0
         for t in range(1, t_max):
             inc += f[t] > prev
             best = max(best, f[t])
             prev = f[t]
             if t in marks:
-                h = inc < rho * (t - last) or (not halved_last and best <= best_at)
+                h = inc <= rho * (t - last) or (not halved_last and best <= best_at)
                 out[j, i] = h
                 if h:
                     prev = best  # restart from the best point

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import mmrobust as mr
-from conftest import ctx
+from conftest import TOY_ENCODERS, ctx
 from mmrobust.attacks import ATTACKS, GradientAttack, ThreatModel
 from mmrobust.attacks.gradient import CPU_CHUNK_ROWS, LOSSES, Objective, attack_mode, cw_loss, dlr_loss
 from mmrobust.attacks.threat import project_ball, sample_norms
@@ -33,15 +33,40 @@ THREATS = {
 }
 TOL = 1e-6
 #: The registry walks check invariants that hold at any iteration budget; attacks whose default
-#: budget is larger (APGD's 100 steps) run with this many steps there.
-MAX_STEPS = 10
+#: budget is larger (APGD's 100 steps, Square's 5000 queries) run with this budget there.
+MAX_BUDGET = {"steps": 10, "queries": 100}
 
 
 def make(name, threat, **kw):
-    steps = inspect.signature(ATTACKS.get(name).__init__).parameters.get("steps")
-    if steps is not None and isinstance(steps.default, int) and steps.default > MAX_STEPS:
-        kw.setdefault("steps", MAX_STEPS)
-    return mr.attacks.create(name, **threat, **kw)
+    params = inspect.signature(ATTACKS.get(name).__init__).parameters
+    for key, cap in MAX_BUDGET.items():
+        p = params.get(key)
+        if p is not None and isinstance(p.default, int) and p.default > cap:
+            kw.setdefault(key, cap)
+    return create(name, **threat, **kw)
+
+
+def create(name, **kw):
+    """The attack; the standard evaluation runs the first attack of its fast version only.
+
+    Its other attacks (APGD-T, Square) are walked on their own, and ``tests/test_auto.py`` runs the
+    whole list; this keeps the walk's cost to that of APGD.
+    """
+    if "version" in inspect.signature(ATTACKS.get(name).__init__).parameters:
+        kw.setdefault("version", "fast")
+        kw.setdefault("attacks", ["apgd-ce"])
+    return mr.attacks.create(name, **kw)
+
+
+def takes(name, param):
+    return param in inspect.signature(ATTACKS.get(name).__init__).parameters
+
+
+def extra_info(name, out):
+    """Per-sample info beyond success, loss and norms (the standard evaluation's per-attack record)."""
+    if name != "auto":
+        return set()
+    return {k for k in out.info if k.startswith(("success/", "ran/", "queries/"))} | {"broken_by", "black_box_only"}
 
 
 def zero_eps(threat):
@@ -90,7 +115,7 @@ def test_budget_range_and_untouched(name, threat, toy_late, toy_data, toy_batch)
         torch.testing.assert_close(out.info["norm/joint"], joint)
     assert set(out.info) == {"success", "loss"} | {f"norm/{m}" for m in mods} | (
         {"norm/joint"} if threat.get("budget") == "joint" else set()
-    )
+    ) | set(ATTACKS.get(name).counters) | extra_info(name, out)
     assert all(v.shape == (n,) for v in out.info.values())
     assert out.drop == () and out.embeddings == {}
     with torch.no_grad():
@@ -312,23 +337,24 @@ def test_unknown_attack_name():
 @pytest.mark.parametrize("name", GRADIENT_ATTACKS)
 def test_bad_hyper_parameters(name):
     with pytest.raises(mr.InputError, match=r"eps \(attacked modalities: audio\) must be >= 0, got -0.1"):
-        mr.attacks.create(name, modalities="audio", eps=-0.1)
+        create(name, modalities="audio", eps=-0.1)
     with pytest.raises(mr.InputError, match="eps for modality 'image' must be >= 0"):
-        mr.attacks.create(name, modalities=["audio", "image"], eps={"audio": 0.1, "image": -1})
+        create(name, modalities=["audio", "image"], eps={"audio": 0.1, "image": -1})
     cls = ATTACKS.get(name)
     if "l0" not in cls.norms:
         with pytest.raises(mr.InputError, match=f"{name}: unsupported norm 'l0'; {name} supports linf, l2"):
-            mr.attacks.create(name, modalities="audio", norm="l0", eps=1)
+            create(name, modalities="audio", norm="l0", eps=1)
     with pytest.raises(mr.InputError, match=f"{name}: unsupported norm 'l1'; {name} supports linf, l2"):
-        mr.attacks.create(name, modalities="audio", norm="l1", eps=0.1)
+        create(name, modalities="audio", norm="l1", eps=0.1)
     with pytest.raises(mr.InputError, match="needs norm='l2'"):
-        mr.attacks.create(name, modalities=["audio", "image"], budget="joint", eps=0.1)
+        create(name, modalities=["audio", "image"], budget="joint", eps=0.1)
     with pytest.raises(mr.InputError, match="no radius for attacked modality 'image'"):
-        mr.attacks.create(name, modalities=["audio", "image"], eps={"audio": 0.1})
+        create(name, modalities=["audio", "image"], eps={"audio": 0.1})
     with pytest.raises(mr.InputError, match="must be finite"):
-        mr.attacks.create(name, modalities="audio", eps=math.inf)
-    with pytest.raises(mr.InputError, match="unknown loss 'xent'"):
-        mr.attacks.create(name, modalities="audio", eps=0.1, loss="xent")
+        create(name, modalities="audio", eps=math.inf)
+    if takes(name, "loss"):
+        with pytest.raises(mr.InputError, match="unknown loss 'xent'"):
+            create(name, modalities="audio", eps=0.1, loss="xent")
 
 
 def test_bad_pgd_schedule():
@@ -344,15 +370,15 @@ def test_bad_pgd_schedule():
 def test_errors_against_the_model(name, toy_late, toy_data, toy_batch):
     x, y = toy_batch
     with pytest.raises(mr.InputError, match=r"unknown modality 'video'; the model has \['image', 'audio', 'text'\]"):
-        mr.evaluate(toy_late, toy_data.test, [mr.attacks.create(name, modalities="video", eps=0.1)])
+        mr.evaluate(toy_late, toy_data.test, [create(name, modalities="video", eps=0.1)])
     for mods in ("text", "all"):  # token ids are not perturbable without the embedding surface
-        atk = mr.attacks.create(name, modalities=mods, eps=0.1)
+        atk = create(name, modalities=mods, eps=0.1)
         with pytest.raises(mr.InputError, match=r"'text' holds token ids.*token_surface='embedding'"):
             atk.apply(toy_late, x, y, ctx(toy_data))
-    atk = mr.attacks.create(name, modalities="all", eps={"image": 0.1, "audio": 0.1})
+    atk = create(name, modalities="all", eps={"image": 0.1, "audio": 0.1})
     with pytest.raises(mr.InputError, match="no radius for attacked modality 'text'"):
         atk.check(toy_late)
-    atk = mr.attacks.create(name, modalities="audio", eps=0.1)
+    atk = create(name, modalities="audio", eps=0.1)
     with pytest.raises(mr.InputError, match="labels must lie in"):
         atk.apply(toy_late, x, y + 10, ctx(toy_data))
     with pytest.raises(mr.InputError, match="outside the valid range"):
@@ -361,18 +387,23 @@ def test_errors_against_the_model(name, toy_late, toy_data, toy_batch):
         atk.apply(toy_late, {k: v for k, v in x.items() if k != "image"}, y, ctx(toy_data))
 
 
-@pytest.mark.parametrize("name", GRADIENT_ATTACKS)
+@pytest.mark.parametrize("name", [n for n in GRADIENT_ATTACKS if takes(n, "loss")])
 def test_dlr_needs_three_classes(name, toy_data, toy_batch):
     spec2 = DatasetSpec(
         modalities=(ModalitySpec("image", "image", (1, 8, 8), low=0.0, high=1.0),),
         num_classes=2,
     )
     model2 = mr.models.create("late", spec2)
-    atk = mr.attacks.create(name, modalities="image", eps=0.1, loss="dlr")
-    with pytest.raises(mr.InputError, match=r"dlr loss needs at least 3 classes.*has 2"):
+    if "dlr" not in ATTACKS.get(name).losses:  # e.g. Square: margin and ce only
+        with pytest.raises(mr.InputError, match=f"{name}: unknown loss 'dlr'"):
+            create(name, modalities="image", eps=0.1, loss="dlr")
+        return
+    atk = create(name, modalities="image", eps=0.1, loss="dlr")
+    need = ATTACKS.get(name).dlr_min_classes  # 3; APGD-T's targeted DLR reads a 4th logit
+    with pytest.raises(mr.InputError, match=rf"dlr loss needs at least {need} classes.*has 2"):
         atk.check(model2)
     x, y = toy_batch
-    with pytest.raises(mr.InputError, match="dlr loss needs at least 3 classes"):
+    with pytest.raises(mr.InputError, match=f"dlr loss needs at least {need} classes"):
         atk.apply(model2, {"image": x["image"]}, y % 2, ctx(toy_data))
 
 
@@ -418,7 +449,7 @@ def test_same_adversarial_examples_as_torchattacks(variant, low_high, toy_late, 
             toy_late.spec,
             modalities=tuple(replace(s, low=low, high=high) if s.name == "audio" else s for s in toy_late.spec),
         )
-        rescaled = mr.models.create("late", spec)
+        rescaled = mr.models.create("late", spec, encoder_kwargs=TOY_ENCODERS)
         rescaled.load_state_dict(toy_late.state_dict())
         toy_late, x = rescaled.eval(), {**x, "audio": low + width * x["audio"]}
     view = OneModalityView(toy_late, x, "audio")
@@ -437,6 +468,21 @@ def test_same_adversarial_examples_as_torchattacks(variant, low_high, toy_late, 
         ref = torchattacks.FGSM(view, eps=0.1)
         ours = mr.attacks.create("fgsm", modalities="audio", eps=0.1 * width)
     expected = ref(u, y)
+    if variant != "fgsm":
+        # torchattacks returns the last iterate, PGD the first misclassified one, else the one with
+        # the highest loss: replay torchattacks' iterates 0..T (its runs are deterministic here)
+        iterates = [u]
+        for t in range(1, 11):
+            ref.steps = t
+            iterates.append(ref(u, y))
+        torch.testing.assert_close(iterates[-1], expected, rtol=0, atol=0)
+        with torch.no_grad():
+            logits = [view(it) for it in iterates]
+        wrong = torch.stack([lg.argmax(1) != y for lg in logits])  # (T + 1, N)
+        loss = torch.stack([LOSSES["ce"](lg, y) for lg in logits])
+        pick = torch.where(wrong.any(0), wrong.float().argmax(0), loss.argmax(0))
+        expected = torch.stack(iterates)[pick, torch.arange(len(y))]
+        assert bool((pick < 10).any())  # the last iterate is not always the one returned
     out = ours.apply(toy_late, x, y, ctx(toy_data))
     got = (out.x["audio"] - low) / width
     assert float((expected - u).abs().max()) > 0.05  # the attack moved the input

@@ -87,6 +87,23 @@ def test_evaluate_attacks_corruptions_missing(checkpoint, tmp_path, capsys):
     assert any(k.startswith("info__fgsm[each") and k.endswith("success__audio") for k in samples.files)
 
 
+def test_evaluate_the_standard_evaluation(checkpoint, tmp_path, capsys):
+    out = tmp_path / "auto"
+    assert main(["evaluate", str(checkpoint), "--quiet", "--out", str(out), "--no-checks",
+                 "--attack", "auto:modalities=audio,version=fast", "--eps", "0.05"]) == 0
+    assert "auto[audio|eps=0.05,version=fast" in capsys.readouterr().out
+    with (out / "results.csv").open() as f:
+        rows = {r["condition"]: r for r in csv.DictReader(f)}
+    (cid,) = [c for c in rows if c.startswith("auto[")]
+    assert float(rows[cid]["accuracy"]) < float(rows["clean"]["accuracy"])
+    import numpy as np
+
+    samples = np.load(out / "samples.npz")
+    broken = samples[next(k for k in samples.files if k.startswith("info__auto") and k.endswith("broken_by"))]
+    assert set(np.unique(broken)) <= {-2, -1, 0, 1, 2} and (broken >= 0).any()
+    assert any(k.endswith("queries__square") for k in samples.files)  # Square's queries per sample
+
+
 def test_evaluate_preference_certificates_geometry(checkpoint, tmp_path, capsys):
     out = tmp_path / "extras"
     code = main([

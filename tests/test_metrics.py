@@ -181,6 +181,10 @@ def test_per_sample_radii_equal_scalar_attack(toy_data, toy_late, name, threat):
         pytest.skip(f"{name} does not support {threat}")
     if "steps" in inspect.signature(cls.__init__).parameters:
         kw["steps"] = 3
+    if "queries" in inspect.signature(cls.__init__).parameters:
+        kw["queries"] = 30
+    if "version" in inspect.signature(cls.__init__).parameters:  # the standard evaluation: its first attack
+        kw.update(version="fast", attacks=["apgd-ce"])
     x, y = data.test.batch(torch.arange(48))
     eps = 0.08 if kw["norm"] == "linf" else 0.8
     search = MinimalEpsSearch(name, eps_max=1.0, **kw)

@@ -122,7 +122,12 @@ def _label(flag: dict[str, Any]) -> str:
 
 
 def _probe(c: Any) -> GradientAttack | None:
-    """The gradient attack whose threat the reliability checks probe for condition ``c`` (``None``: none)."""
+    """The attack whose threat the reliability checks probe for condition ``c`` (``None``: none).
+
+    The condition itself, or the base attack of an adaptive wrapper. Gradient-free attacks
+    (``gradient_free``, e.g. Square) are probed too: the noise baseline applies to them, the
+    gradient checks and the unbounded PGD do not (see :func:`evaluate`).
+    """
     if isinstance(c, GradientAttack):
         return c
     base = getattr(c, "base_attack", None)
@@ -226,9 +231,12 @@ def evaluate(
         c.prepare(model, data, EvalContext(stats=data.stats, generator=torch.Generator().manual_seed(seed), seed=seed))
     checker = ReliabilityChecks() if checks is True else (checks or None)
     first_flags: list[Flag] = []
-    # the gradient attack the checks probe: the condition itself, or the base attack of an adaptive WorstCase
+    # the attack the checks probe: the condition itself, or the base attack of an adaptive WorstCase.
+    # Every probed attack gets the noise baseline; only gradient-based ones the gradient checks and the
+    # unbounded PGD (a score-based attack such as Square never reads gradients, so masked gradients do
+    # not invalidate it).
     probes = {cid: p for c, cid in zip(conditions, ids, strict=True) if (p := _probe(c)) is not None}
-    gradient = set(probes)
+    gradient = {cid for cid, p in probes.items() if not p.gradient_free}
     records: list[dict[str, Any]] = []
     total = (len(data) + batch_size - 1) // batch_size
     mine = sum(1 for b in range(total) if b % world == rank)
@@ -257,7 +265,7 @@ def evaluate(
             out = c.apply(model, x, y, EvalContext(stats=data.stats, generator=g, seed=seed, encodings=encodings))
             pred = encodings.logits(out.x, out.drop, out.embeddings).argmax(1)
             rec["pred"][cid] = pred.numpy()
-            if checker is not None and cid in gradient:
+            if checker is not None and cid in probes:
                 g = torch.Generator().manual_seed(seed * 1_000_003 + int(idx[0]) + 7_919)
                 ns = checker.noise_success(model, probes[cid], x, y, g, encodings)
                 if ns is not None:
@@ -283,9 +291,12 @@ def evaluate(
     if checker is not None:
         for cid in ids:
             noise = [r["noise"][cid] for r in records if cid in r["noise"]]
-            if cid in gradient and noise:
+            if cid in probes and noise:
                 robust = [r["robust"][cid] for r in records if cid in r["noise"]]
                 flags += checker.noise_flags(cid, torch.cat(noise), torch.cat(robust))
+            box = samples.get(f"info/{cid}/black_box_only")  # the standard evaluation's record (auto)
+            if box is not None:
+                flags += checker.black_box_flags(cid, torch.from_numpy(np.asarray(box, dtype=bool)))
     result = EvaluationResult(
         model=name or model.config.get("name", model.fusion_name),
         seed=seed,

@@ -13,13 +13,16 @@ Each flag has a stable name, explained for users in ``docs/flags.md``:
 ``non_monotone``             robust accuracy rises with ε (or with the number of steps)
 ``unbounded_attack_fails``   an attack on every modality over its whole valid range leaves
                              samples correct
+``black_box_beats_gradient`` in the standard evaluation (``auto``) a black-box attack breaks
+                             samples that every gradient attack left correct
 ==========================  ==================================================================
 
 (DLR with fewer than 3 classes, the last check of §8, is refused outright with an error.)
 
 :class:`ReliabilityChecks` holds the thresholds; :func:`mmrobust.evaluate` calls it on the first batch
 (model, gradient and unbounded checks), on every batch (noise baseline) and on the summary rows
-(monotonicity). Every flag records the condition it concerns (``""`` for the model), the modality,
+(monotonicity), and on the per-sample records of the standard evaluation (black box against
+gradients). Every flag records the condition it concerns (``""`` for the model), the modality,
 the measured value and a plain-words message.
 """
 
@@ -52,6 +55,8 @@ FLAG_DOCS: dict[str, str] = {
     "non_monotone": "robust accuracy increases with a larger ε (or more steps) of the same attack",
     "unbounded_attack_fails": "an attack on every modality over its whole valid range leaves samples "
     "correctly classified; a working attack reaches about 0 %",
+    "black_box_beats_gradient": "a black-box attack (Square, which only queries outputs) breaks samples that "
+    "every gradient attack of the standard evaluation left correct: the gradients are masked or misleading",
 }
 
 
@@ -100,6 +105,11 @@ class ReliabilityChecks:
         unbounded_steps: PGD steps of the unbounded attack.
         random_tolerance: Relative logit difference between identical passes tolerated before
             ``randomised_model``.
+        black_box_fraction: Flag ``black_box_beats_gradient`` when the black-box attacks of the
+            standard evaluation break more than this fraction of the evaluated samples after every
+            gradient attack failed on them (AutoAttack's Square check: 0.2 %) ...
+        black_box_min: ... and at least this many samples (one sample is within the noise of
+            random restarts on small evaluation sets).
     """
 
     def __init__(
@@ -111,6 +121,8 @@ class ReliabilityChecks:
         unbounded_accuracy: float = 0.05,
         unbounded_steps: int = 20,
         random_tolerance: float = 1e-5,
+        black_box_fraction: float = 0.002,
+        black_box_min: int = 2,
     ) -> None:
         self.zero_gradient_fraction = zero_gradient_fraction
         self.noise_fraction = noise_fraction
@@ -118,6 +130,8 @@ class ReliabilityChecks:
         self.unbounded_accuracy = unbounded_accuracy
         self.unbounded_steps = unbounded_steps
         self.random_tolerance = random_tolerance
+        self.black_box_fraction = black_box_fraction
+        self.black_box_min = black_box_min
 
     # ---------------------------------------------------------------------------------- model
     @torch.no_grad()
@@ -157,8 +171,11 @@ class ReliabilityChecks:
 
         The gradient is that of the CW margin max_{k≠y} s_k − s_y at the clean point, which never
         saturates (unlike cross-entropy on very confident samples), so an exactly-zero gradient
-        means the modality's path is not differentiable.
+        means the modality's path is not differentiable. Gradient-free attacks (``gradient_free``,
+        e.g. Square) get no gradient flags: masked gradients do not weaken them.
         """
+        if getattr(condition, "gradient_free", False):
+            return []
         flags = []
         for threat in _threats(model, condition):
             with attack_mode(model):
@@ -233,6 +250,33 @@ class ReliabilityChecks:
                     condition_id,
                     f"a random point of the same ball misclassifies {count} of the {left} samples the attack "
                     f"left correct ({100 * frac:.1f}%): strengthen the attack (more steps, restarts, another loss)",
+                    value=frac,
+                )
+            ]
+        return []
+
+    # ------------------------------------------------------------------------------- black box
+    def black_box_flags(self, condition_id: str, black_box_only: Any) -> list[Flag]:
+        """``black_box_beats_gradient`` from the standard evaluation's per-sample ``black_box_only`` record.
+
+        Args:
+            condition_id: Id of the ``auto`` condition.
+            black_box_only: (N,) bool over every evaluated sample: broken by a black-box attack of
+                the list after every gradient attack of the list left it correctly classified
+                (:class:`~mmrobust.attacks.auto.Auto` records it; for ``modalities="each"``: on some
+                modality, while no gradient attack broke it on any modality).
+        """
+        only = torch.as_tensor(black_box_only).bool()
+        count, n = int(only.sum()), int(only.numel())
+        frac = count / n if n else 0.0
+        if count >= self.black_box_min and frac > self.black_box_fraction:
+            return [
+                Flag(
+                    "black_box_beats_gradient",
+                    condition_id,
+                    f"the black-box attack broke {count} of {n} samples ({100 * frac:.1f}%) that every gradient "
+                    "attack left correct: the gradients are masked or misleading; look for zero_gradients, "
+                    "attack through a differentiable approximation (BPDA) or give the black-box attack more queries",
                     value=frac,
                 )
             ]

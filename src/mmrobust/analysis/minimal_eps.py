@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from mmrobust.attacks import ATTACKS
 from mmrobust.attacks.base import Condition, EvalContext
-from mmrobust.attacks.gradient import LOSSES, GradientAttack, Objective, _validate, attack_mode
+from mmrobust.attacks.gradient import GradientAttack, Objective, _validate, attack_mode
 from mmrobust.attacks.threat import ThreatModel
 from mmrobust.errors import InputError
 from mmrobust.metrics.minimal_eps import MinimalEpsResult
@@ -333,7 +333,7 @@ class MinimalEpsSearch:
         threat = replace(base, eps=radii)  # (N,) radii: the threat's geometry works per sample
         with attack_mode(model):
             _validate(model, x, y, threat)
-            obj = Objective(model, x, y, threat, LOSSES[attack.loss])
+            obj = Objective(model, x, y, threat, attack.loss_function())
             adv, loss, success = attack._perturb(obj, ctx)
             out = obj.output(adv, loss, success)
         with torch.no_grad():

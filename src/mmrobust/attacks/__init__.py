@@ -16,6 +16,8 @@ from typing import Any
 
 from mmrobust.attacks.adaptive import Bpda, WorstCase
 from mmrobust.attacks.apgd import APGD
+from mmrobust.attacks.apgdt import APGDT
+from mmrobust.attacks.auto import Auto
 from mmrobust.attacks.base import Condition, ConditionOutput, EvalContext
 from mmrobust.attacks.corruptions import Corruption
 from mmrobust.attacks.decoupling import Decoupling, asr_curve
@@ -25,6 +27,7 @@ from mmrobust.attacks.gradient import LOSSES, AttackOutput, GradientAttack
 from mmrobust.attacks.missing import FILLS, Missing
 from mmrobust.attacks.pgd import PGD
 from mmrobust.attacks.registry import ATTACKS
+from mmrobust.attacks.square import Square
 from mmrobust.attacks.threat import ResolvedThreat, ThreatModel
 from mmrobust.attacks.transfer import Transfer
 from mmrobust.attacks.universal import Universal
@@ -42,12 +45,14 @@ def names() -> list[str]:
 
 __all__ = [
     "APGD",
+    "APGDT",
     "ATTACKS",
     "FGSM",
     "FILLS",
     "LOSSES",
     "PGD",
     "AttackOutput",
+    "Auto",
     "Bpda",
     "Condition",
     "ConditionOutput",
@@ -58,6 +63,7 @@ __all__ = [
     "GradientAttack",
     "Missing",
     "ResolvedThreat",
+    "Square",
     "ThreatModel",
     "Transfer",
     "Universal",

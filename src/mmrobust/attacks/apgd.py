@@ -20,7 +20,7 @@ from torch import Tensor
 
 from mmrobust.attacks._checks import check_restarts
 from mmrobust.attacks.base import EvalContext
-from mmrobust.attacks.gradient import GradientAttack, Objective, _pick, best_of_runs
+from mmrobust.attacks.gradient import GradientAttack, Objective, RunFn, _pick, on_survivors
 from mmrobust.attacks.registry import ATTACKS
 from mmrobust.attacks.threat import _per_sample
 from mmrobust.errors import InputError
@@ -102,21 +102,32 @@ class APGD(GradientAttack):
     * x^(1) = P(x^(0) + η·d(∇f(x^(0)))); then z^(k+1) = P(x^(k) + η·d(∇f(x^(k)))) and
       x^(k+1) = P(x^(k) + α(z^(k+1) − x^(k)) + (1 − α)(x^(k) − x^(k−1))) with α = 0.75;
     * at each checkpoint w_j (see :func:`checkpoints`) η is halved for the samples where
-      (1) fewer than ρ·(w_j − w_{j−1}) of the steps since the last checkpoint increased the loss, or
+      (1) at most ρ·(w_j − w_{j−1}) of the steps since the last checkpoint increased the loss, or
       (2) η was not halved at the previous checkpoint and the best loss has not improved since;
       those samples restart from their best point (with its gradient). The loss is shared by the
       modalities, so one decision per sample scales every modality's η.
 
     The result of a run is, per sample, the first misclassified iterate, or else the highest-loss
     one; a run stops once every sample has been misclassified (the result cannot change any
-    more). Over ``restarts`` runs, each from a new random start drawn from ``ctx.generator``, a
-    sample keeps its first successful result, or else the one with the highest loss (as in PGD).
+    more). Restarts run, as in AutoAttack, only on the samples that every earlier run left
+    correctly classified, each from a new random start drawn from ``ctx.generator``; a sample
+    keeps its first successful result, or else the one with the highest loss (as in PGD).
     ``steps`` counts gradient evaluations, as for PGD (plus one forward pass on the last iterate).
 
-    Our choices where the paper is silent: condition (2) also applies at the first checkpoint
-    (w_0 = 0 had no halving; the reference code skips it there); condition (1) compares each step
-    with the point it started from, i.e. the best point after a restart; the first misclassified
-    iterate is returned (the reference code keeps the last one).
+    Checked against the paper and AutoAttack's code (``autopgd_base.py``): initial step η = 2ε,
+    momentum 0.75 from the second step on, the ℓ2 step ∇/‖∇‖₂ with the projection after both the
+    step and the momentum, the checkpoint schedule (the code's integer schedule, 22 % of T then
+    intervals shrinking by 3 % of T down to 6 % of T, gives the same checkpoints as the paper's
+    formula at T = 100), the restart from the best point with its gradient after a halving. Where
+    the two differ we follow the code: condition (1) tests "at most ρ·h" (the paper: fewer than),
+    and condition (2) is not tested at the first checkpoint (the code starts as if η had just been
+    halved). Our choices where both are silent or the code's bookkeeping is an artefact:
+    condition (1) compares each step with the point it started from, i.e. the best point after a
+    restart (the paper's x^(k+1) ← x_max; the code compares with the replaced iterate, and the
+    first step of the first interval with 0); the random start is uniform in the ball (the code
+    starts on its surface); the first misclassified iterate is returned (the code keeps the last
+    one). For T ≠ 100 the checkpoints follow the paper's formula (the code's integer rounding
+    gives e.g. 11, 21, 30, 38, 45 at T = 50 instead of 11, 21, 29, 35, 40, 44, 47, 50).
 
     Args:
         modalities: Attacked modality name, list of names, ``"all"``, or ``"each"`` (every modality
@@ -206,7 +217,8 @@ class APGD(GradientAttack):
 
         increases = torch.zeros(n, dtype=torch.long, device=y.device)
         best_at_mark = best_loss
-        halved_at_mark = torch.zeros(n, dtype=torch.bool, device=y.device)
+        # AutoAttack's code starts with "halved at the last checkpoint": no condition 2 at w_1
+        halved_at_mark = torch.ones(n, dtype=torch.bool, device=y.device)
         last_mark = 0
         losses, halved, reached = [loss], [], []
 
@@ -262,12 +274,17 @@ class APGD(GradientAttack):
             step_scale=scale,
         )
 
-    def _perturb(self, obj: Objective, ctx: EvalContext) -> tuple[dict[str, Tensor], Tensor, Tensor]:
-        def one() -> tuple[dict[str, Tensor], Tensor, Tensor]:
-            r = self.run(obj, obj.start(self.random_start, ctx.generator))
+    def run_fn(self, ctx: EvalContext) -> RunFn:
+        """One run from a fresh start point (drawn from ``ctx.generator``), as :func:`on_survivors` takes it."""
+
+        def one(sub: Objective) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+            r = self.run(sub, sub.start(self.random_start, ctx.generator))
             return r.x, r.loss, r.success
 
-        return best_of_runs(self.restarts, one)
+        return one
+
+    def _perturb(self, obj: Objective, ctx: EvalContext) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        return on_survivors(obj, [self.run_fn(ctx)] * self.restarts)
 
 
 def halving(
@@ -280,9 +297,9 @@ def halving(
 ) -> Tensor:
     """APGD's per-sample decision at a checkpoint: halve the step size or not.
 
-    Condition 1: fewer than ρ·h of the h = w_j − w_{j−1} steps since the last checkpoint increased
-    the loss. Condition 2: η was not halved at the last checkpoint and the best loss has not
-    improved since (Croce & Hein 2020, §3.2).
+    Condition 1: at most ρ·h of the h = w_j − w_{j−1} steps since the last checkpoint increased
+    the loss (AutoAttack's code tests ≤; the paper writes <). Condition 2: η was not halved at the
+    last checkpoint and the best loss has not improved since (Croce & Hein 2020, §3.2).
 
     Args:
         increases: (N,) number of loss-increasing steps since the last checkpoint.
@@ -295,4 +312,4 @@ def halving(
     Returns:
         (N,) bool, halve η (and restart from the best point).
     """
-    return (increases.double() < rho * interval) | (~halved_at_last & (best_loss <= best_at_last))
+    return (increases.double() <= rho * interval) | (~halved_at_last & (best_loss <= best_at_last))

@@ -18,7 +18,9 @@ saturate where o does (d/dl_i of the term is −κ·o_i/(1 − …)·…, never 
 On a model without an odd-one-out detector the term is absent and the attack is exactly
 :class:`~mmrobust.attacks.pgd.PGD` (tested); with κ = 0 it is PGD on any model, plus the detection
 record below. Everything else (threat model, schedule, restarts, early stop, ``modalities="each"``)
-is PGD's.
+is PGD's. :class:`EvadeAPGD` and :class:`EvadeAPGDT` put the same objective into APGD and APGD-T
+(the adaptive versions of the standard evaluation's gradient attacks, see
+:class:`~mmrobust.attacks.auto.Auto`).
 
 Extra ``info`` per sample (odd-one-out models only), read at the returned point:
 ``ooo_pred`` (argmax of o, an outcome index: i < M is modality i in the model's order, M is "none"),
@@ -36,6 +38,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from mmrobust.attacks.apgd import APGD
+from mmrobust.attacks.apgdt import APGDT
 from mmrobust.attacks.base import EvalContext
 from mmrobust.attacks.gradient import _ALL, AttackOutput, Objective, attack_mode
 from mmrobust.attacks.pgd import PGD
@@ -76,7 +80,7 @@ class EvasionObjective(Objective):
         ol = aux["odd_one_out_logits"]
         term = torch.logsumexp(ol[:, self.keep], dim=1) - torch.logsumexp(ol, dim=1)
         logits = self.model.head_from_fused(fused)
-        return self.loss_fn(logits, self.y[rows]) + self.kappa * term, logits
+        return self.class_loss(logits, rows) + self.kappa * term, logits
 
 
 @ATTACKS.register()
@@ -128,12 +132,7 @@ class Evade(PGD):
             modalities, eps=eps, norm=norm, budget=budget, steps=steps, alpha=alpha, random_start=random_start,
             restarts=restarts, loss=loss, early_stop=early_stop, token_surface=token_surface,
         )
-        if isinstance(kappa, bool) or not isinstance(kappa, numbers.Real) or not math.isfinite(kappa) or kappa < 0:
-            raise InputError(f"evade: kappa must be a finite number >= 0, got {kappa!r}")
-        self.kappa = float(kappa)
-        if target not in TARGETS:
-            raise InputError(f"evade: target must be one of {', '.join(TARGETS)}, got {target!r}")
-        self.target = target
+        self.kappa, self.target = _check_evasion(kappa, target, "evade")
 
     def params(self) -> dict[str, Any]:
         """PGD's parameters plus ``kappa`` and ``target``."""
@@ -144,18 +143,138 @@ class Evade(PGD):
 
     def apply(self, model: Any, x: dict[str, Tensor], y: Tensor, ctx: EvalContext) -> AttackOutput:
         """PGD's result, plus ``ooo_pred``, ``ooo_p_attacked`` and ``ooo_p_none`` on odd-one-out models."""
-        out = super().apply(model, x, y, ctx)
-        if has_odd_one_out(model):
-            if self.threat.each:
-                names = model.modalities
-                attacked = torch.nn.functional.one_hot(out.info["modality"].long(), len(names) + 1).bool()
-            else:
-                idx = [model.modalities.index(m) for m in self.threat.resolve(model).modalities]
-                attacked = torch.zeros(y.shape[0], len(model.modalities) + 1, dtype=torch.bool, device=y.device)
-                attacked[:, idx] = True
-            with attack_mode(model), torch.no_grad():
-                o = model.fusion.odd_one_out(model.encode(out.x, embeddings=out.embeddings or None))
-            out.info["ooo_pred"] = o.argmax(1)
-            out.info["ooo_p_attacked"] = (o * attacked.to(o)).sum(1)
-            out.info["ooo_p_none"] = o[:, -1]
-        return out
+        return _detector_record(self, model, super().apply(model, x, y, ctx), y)
+
+
+class EvadeAPGD(APGD):
+    """APGD on the detector-evasion objective of :class:`Evade` (the adaptive APGD-CE against odd-one-out fusion).
+
+    Threat model, schedule and ``info``: :class:`~mmrobust.attacks.apgd.APGD`'s, plus the detection
+    record of :class:`Evade` on odd-one-out models. The maximised loss is the attack's loss plus
+    κ × the evasion term (module docstring); on a model without a detector, or with κ = 0, this is
+    APGD. Built by :meth:`mmrobust.defenses.OddOneOut.attack_variants` from an APGD attack (e.g. the
+    first attack of the standard evaluation, ``auto``).
+
+    Args:
+        kappa: Weight κ >= 0 of the detector-evasion term.
+        target: ``"attacked"`` or ``"none"`` (see :class:`Evade`).
+        modalities, eps, norm, budget, steps, restarts, random_start, loss, rho, token_surface: as
+            :class:`~mmrobust.attacks.apgd.APGD`.
+    """
+
+    name: ClassVar[str] = "evade_apgd"
+
+    def __init__(
+        self,
+        modalities: str | Sequence[str] = "all",
+        *,
+        eps: float | Mapping[str, float],
+        kappa: float = 1.0,
+        target: str = "attacked",
+        norm: str = "linf",
+        budget: str = "per_modality",
+        steps: int = 100,
+        restarts: int = 1,
+        random_start: bool = True,
+        loss: str = "ce",
+        rho: float = 0.75,
+        token_surface: str | None = None,
+    ) -> None:
+        super().__init__(
+            modalities, eps=eps, norm=norm, budget=budget, steps=steps, restarts=restarts,
+            random_start=random_start, loss=loss, rho=rho, token_surface=token_surface,
+        )
+        self.kappa, self.target = _check_evasion(kappa, target, self.name)
+
+    def params(self) -> dict[str, Any]:
+        """APGD's parameters plus ``kappa`` and ``target``."""
+        return {**super().params(), "kappa": self.kappa, "target": self.target}
+
+    def _perturb(self, obj: Objective, ctx: EvalContext) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        return super()._perturb(EvasionObjective.wrap(obj, self.kappa, self.target), ctx)
+
+    def apply(self, model: Any, x: dict[str, Tensor], y: Tensor, ctx: EvalContext) -> AttackOutput:
+        """APGD's result, plus the detection record on odd-one-out models."""
+        return _detector_record(self, model, super().apply(model, x, y, ctx), y)
+
+
+class EvadeAPGDT(APGDT):
+    """APGD-T on the detector-evasion objective of :class:`Evade` (targeted loss + κ × evasion term).
+
+    Threat model, targets, schedule and ``info``: :class:`~mmrobust.attacks.apgdt.APGDT`'s, plus the
+    detection record of :class:`Evade` on odd-one-out models; on a model without a detector, or
+    with κ = 0, this is APGD-T.
+
+    Args:
+        kappa: Weight κ >= 0 of the detector-evasion term.
+        target: ``"attacked"`` or ``"none"`` (see :class:`Evade`).
+        modalities, eps, norm, budget, steps, targets, restarts, random_start, loss, rho,
+            token_surface: as :class:`~mmrobust.attacks.apgdt.APGDT`.
+    """
+
+    name: ClassVar[str] = "evade_apgdt"
+
+    def __init__(
+        self,
+        modalities: str | Sequence[str] = "all",
+        *,
+        eps: float | Mapping[str, float],
+        kappa: float = 1.0,
+        target: str = "attacked",
+        norm: str = "linf",
+        budget: str = "per_modality",
+        steps: int = 100,
+        targets: int = 9,
+        restarts: int = 1,
+        random_start: bool = True,
+        loss: str = "dlr",
+        rho: float = 0.75,
+        token_surface: str | None = None,
+    ) -> None:
+        super().__init__(
+            modalities, eps=eps, norm=norm, budget=budget, steps=steps, targets=targets, restarts=restarts,
+            random_start=random_start, loss=loss, rho=rho, token_surface=token_surface,
+        )
+        self.kappa, self.target = _check_evasion(kappa, target, self.name)
+
+    def params(self) -> dict[str, Any]:
+        """APGD-T's parameters plus ``kappa`` and ``target``."""
+        return {**super().params(), "kappa": self.kappa, "target": self.target}
+
+    def _perturb(self, obj: Objective, ctx: EvalContext) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        return super()._perturb(EvasionObjective.wrap(obj, self.kappa, self.target), ctx)
+
+    def apply(self, model: Any, x: dict[str, Tensor], y: Tensor, ctx: EvalContext) -> AttackOutput:
+        """APGD-T's result, plus the detection record on odd-one-out models."""
+        return _detector_record(self, model, super().apply(model, x, y, ctx), y)
+
+
+#: The evasive counterpart of each gradient attack (what odd-one-out's adaptive evaluation runs).
+EVASIVE: dict[type, type] = {PGD: Evade, APGD: EvadeAPGD, APGDT: EvadeAPGDT}
+
+
+def _check_evasion(kappa: object, target: object, who: str) -> tuple[float, str]:
+    """Validated ``(kappa, target)``."""
+    if isinstance(kappa, bool) or not isinstance(kappa, numbers.Real) or not math.isfinite(kappa) or kappa < 0:
+        raise InputError(f"{who}: kappa must be a finite number >= 0, got {kappa!r}")
+    if target not in TARGETS:
+        raise InputError(f"{who}: target must be one of {', '.join(TARGETS)}, got {target!r}")
+    return float(kappa), str(target)
+
+
+def _detector_record(atk: Any, model: Any, out: AttackOutput, y: Tensor) -> AttackOutput:
+    """Add ``ooo_pred``, ``ooo_p_attacked`` and ``ooo_p_none`` (read at the returned point) on odd-one-out models."""
+    if has_odd_one_out(model):
+        if atk.threat.each:
+            names = model.modalities
+            attacked = torch.nn.functional.one_hot(out.info["modality"].long(), len(names) + 1).bool()
+        else:
+            idx = [model.modalities.index(m) for m in atk.threat.resolve(model).modalities]
+            attacked = torch.zeros(y.shape[0], len(model.modalities) + 1, dtype=torch.bool, device=y.device)
+            attacked[:, idx] = True
+        with attack_mode(model), torch.no_grad():
+            o = model.fusion.odd_one_out(model.encode(out.x, embeddings=out.embeddings or None))
+        out.info["ooo_pred"] = o.argmax(1)
+        out.info["ooo_p_attacked"] = (o * attacked.to(o)).sum(1)
+        out.info["ooo_p_none"] = o[:, -1]
+    return out

@@ -1,5 +1,9 @@
 """Shared machinery of white-box gradient attacks on dict inputs (FGSM/FGM, PGD, ...).
 
+Score-based attacks that only read logits (Square) share the same base for its threat model,
+``each`` handling and output format; they set ``gradient_free`` so the reliability checks skip
+their gradient checks.
+
 :class:`GradientAttack` is the small base every gradient attack subclasses (in the spirit of
 torchattacks' ``Attack``): it owns the model's mode during the attack (eval mode, parameters frozen,
 both restored afterwards), validates the clean batch once, resolves the :class:`ThreatModel`, holds
@@ -28,8 +32,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 from abc import abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -85,6 +90,46 @@ def dlr_loss(logits: Tensor, y: Tensor) -> Tensor:
 
 LOSSES: dict[str, LossFn] = {"ce": ce_loss, "cw": cw_loss, "dlr": dlr_loss}
 
+TargetedLossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+def targeted_ce_loss(logits: Tensor, y: Tensor, target: Tensor) -> Tensor:
+    """Per-sample −CE(s, t): maximised by making the target class t likely, (N, K), (N,), (N,) -> (N,)."""
+    return -F.cross_entropy(logits, target, reduction="none")
+
+
+def targeted_cw_loss(logits: Tensor, y: Tensor, target: Tensor) -> Tensor:
+    """Per-sample targeted margin s_t − s_y (> 0 implies misclassified), (N, K), (N,), (N,) -> (N,)."""
+    return logits.gather(1, target[:, None]).squeeze(1) - logits.gather(1, y[:, None]).squeeze(1)
+
+
+def targeted_dlr_loss(logits: Tensor, y: Tensor, target: Tensor) -> Tensor:
+    """Per-sample targeted DLR loss −(s_y − s_t)/(s_π1 − (s_π3 + s_π4)/2 + 1e-12) (Croce & Hein 2020, eq. 7).
+
+    π sorts the logits in decreasing order; shift- and scale-invariant like DLR.
+
+    Args:
+        logits: (N, K) with K >= 4.
+        y: (N,) labels.
+        target: (N,) target classes t ≠ y.
+
+    Returns:
+        (N,) loss, to be maximised.
+    """
+    if logits.shape[1] < 4:
+        raise InputError(f"the targeted dlr loss needs at least 4 classes, got logits with {logits.shape[1]}")
+    top = logits.topk(4, dim=1).values
+    margin = targeted_cw_loss(logits, y, target)
+    return margin / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12)
+
+
+#: The targeted counterpart of each loss (what APGD-T maximises towards a target class t).
+TARGETED_LOSSES: dict[str, TargetedLossFn] = {
+    "ce": targeted_ce_loss,
+    "cw": targeted_cw_loss,
+    "dlr": targeted_dlr_loss,
+}
+
 
 # -------------------------------------------------------------------------------------- results
 @dataclass
@@ -97,7 +142,8 @@ class AttackOutput(ConditionOutput):
         drop: Always empty for gradient attacks.
         info: Per-sample tensors (N,): ``success`` (bool, misclassified after the attack), ``loss``
             (the attack loss at the returned point), ``norm/<m>`` (achieved ‖x'_m − x_m‖ in the
-            threat's norm, embedding units for token modalities) and ``norm/joint`` (joint budgets).
+            threat's norm, embedding units for token modalities) and ``norm/joint`` (joint budgets),
+            plus what the attack records in :attr:`Objective.info` (e.g. Square's ``queries``).
         embeddings: Adversarial token embeddings ``{m: (N, L, D)}`` for token modalities attacked
             through their embeddings; the model must be evaluated with them
             (``model(out.x, embeddings=out.embeddings)``, as :func:`mmrobust.evaluate` does).
@@ -152,6 +198,8 @@ class Objective:
         y: Labels (N,).
         chunk: Rows per forward/backward block (default :func:`auto_chunk`).
         encodings: The clean batch's cached embeddings (``ctx.encodings``), or ``None``.
+        info: Extra per-sample tensors (N,) an attack records while it runs (e.g. Square's
+            ``queries``); :meth:`output` adds them to the result's ``info``.
     """
 
     def __init__(
@@ -172,6 +220,11 @@ class Objective:
         self.loss_fn = loss
         self.origin: dict[str, Tensor] = {}
         self.masks: dict[str, Tensor] = {}
+        self.info: dict[str, Tensor] = {}
+        #: (N,) target classes of a targeted loss (``loss_fn(logits, y, y_target)``), else ``None``.
+        self.y_target: Tensor | None = None
+        #: Other per-sample tensors (N, ...) an attack keeps with the batch (:meth:`subset` indexes them).
+        self.extra: dict[str, Tensor] = {}
         with torch.no_grad():
             for m in threat.modalities:
                 if threat.surface[m] == "embedding":
@@ -186,14 +239,15 @@ class Objective:
                 for m in model.modalities if m not in threat.modalities
             }
 
-    def logits(self, adv: Mapping[str, Tensor], rows: slice = _ALL) -> Tensor:
+    def logits(self, adv: Mapping[str, Tensor], rows: slice | Tensor = _ALL) -> Tensor:
         """Logits (n, K) with the attacked modalities set to ``adv`` (only those are re-encoded).
 
-        ``rows`` selects a contiguous block of the batch; ``adv`` then holds only those rows.
+        ``rows`` selects rows of the batch (a slice, or a tensor of row indices); ``adv`` then holds
+        only those rows.
         """
         return self.model.logits_from_embeddings(self.embeddings(adv, rows))
 
-    def embeddings(self, adv: Mapping[str, Tensor], rows: slice = _ALL) -> dict[str, Tensor]:
+    def embeddings(self, adv: Mapping[str, Tensor], rows: slice | Tensor = _ALL) -> dict[str, Tensor]:
         """Per-modality embeddings ``{m: (n, d)}``: cached for clean modalities, re-encoded for ``adv``."""
         z = {}
         for m in self.model.modalities:
@@ -205,10 +259,49 @@ class Objective:
                 z[m] = self.model.encode_one(m, adv[m])
         return z
 
-    def loss(self, adv: Mapping[str, Tensor], rows: slice = _ALL) -> tuple[Tensor, Tensor]:
+    def class_loss(self, logits: Tensor, rows: slice | Tensor = _ALL) -> Tensor:
+        """The classification loss (n,) of ``logits`` (n, K) for the rows ``rows`` (targeted if set)."""
+        if self.y_target is None:
+            return self.loss_fn(logits, self.y[rows])
+        return self.loss_fn(logits, self.y[rows], self.y_target[rows])  # type: ignore[call-arg]
+
+    def loss(self, adv: Mapping[str, Tensor], rows: slice | Tensor = _ALL) -> tuple[Tensor, Tensor]:
         """Per-sample attack loss (n,) and logits (n, K) at ``adv`` (subclasses add terms here)."""
         logits = self.logits(adv, rows)
-        return self.loss_fn(logits, self.y[rows]), logits
+        return self.class_loss(logits, rows), logits
+
+    def targeted(self, loss: TargetedLossFn, y_target: Tensor) -> Objective:
+        """A copy of this objective that maximises the targeted ``loss(logits, y, y_target)``."""
+        new = copy.copy(self)
+        new.loss_fn, new.y_target = loss, y_target.long()  # type: ignore[assignment]
+        return new
+
+    def with_extra(self, key: str, value: Tensor) -> Objective:
+        """A copy of this objective carrying the per-sample tensor ``value`` (N, ...) as ``extra[key]``."""
+        new = copy.copy(self)
+        new.extra = {**self.extra, key: value}
+        return new
+
+    def subset(self, rows: Tensor) -> Objective:
+        """This objective restricted to the samples ``rows`` (a (N,) bool mask or indices).
+
+        The copy shares the cached clean embeddings (indexed), so running an attack on the samples
+        that are still correctly classified costs nothing extra.
+        """
+        new = copy.copy(self)
+        new.x = {m: v[rows] for m, v in self.x.items()}
+        new.y = self.y[rows]
+        new.origin = {m: v[rows] for m, v in self.origin.items()}
+        new.masks = {m: v[rows] for m, v in self.masks.items()}
+        new.clean_z = {m: v[rows] for m, v in self.clean_z.items()}
+        if self.y_target is not None:
+            new.y_target = self.y_target[rows]
+        new.extra = {k: v[rows] for k, v in self.extra.items()}
+        new.info = {}  # what an attack records on the subset is its own (the caller maps it back)
+        if any(isinstance(e, Tensor) and e.dim() > 0 for e in self.threat.eps.values()):  # per-sample radii
+            eps = {m: e[rows] if isinstance(e, Tensor) and e.dim() > 0 else e for m, e in self.threat.eps.items()}
+            new.threat = dataclasses.replace(self.threat, eps=eps)
+        return new
 
     def loss_and_grad(self, adv: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """Per-sample loss (N,), logits (N, K) and ``{m: ∇_{x'_m} Σ_i L_i}`` at ``adv`` (all detached).
@@ -258,6 +351,7 @@ class Objective:
         with torch.no_grad():
             norms = self.threat.norms({m: adv[m] - self.origin[m] for m in self.threat.modalities})
         info.update({f"norm/{k}": v for k, v in norms.items()})
+        info.update(self.info)
         return AttackOutput(x=x_out, info=info, embeddings=embeddings)
 
 
@@ -290,6 +384,16 @@ class GradientAttack(Condition):
     per_sample_threat: ClassVar[bool] = True
     norms: ClassVar[tuple[str, ...]] = ("linf", "l2")
     budgets: ClassVar[tuple[str, ...]] = ("per_modality", "joint")
+    #: Classes the ``dlr`` loss needs (3 for DLR; the targeted DLR of APGD-T reads a 4th logit).
+    dlr_min_classes: ClassVar[int] = 3
+    #: The attack's losses by name (``loss`` must be one of them).
+    losses: ClassVar[Mapping[str, LossFn]] = LOSSES
+    #: The attack only evaluates the model (no input gradients): the reliability checks skip their
+    #: gradient checks for it (``zero_gradients``, ``nonfinite_gradients``, the unbounded PGD).
+    gradient_free: ClassVar[bool] = False
+    #: Per-sample counts the attack adds to ``info`` (e.g. ``queries``); with ``modalities="each"``
+    #: they are summed over the modalities' attacks (and kept per modality as ``<key>/<m>``).
+    counters: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -307,8 +411,8 @@ class GradientAttack(Condition):
             raise InputError(
                 f"{self.name}: unsupported budget {budget!r}; {self.name} supports {', '.join(self.budgets)}"
             )
-        if loss not in LOSSES:
-            raise InputError(f"{self.name}: unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
+        if loss not in self.losses:
+            raise InputError(f"{self.name}: unknown loss {loss!r}; choose one of {', '.join(self.losses)}")
         try:
             self.threat = ThreatModel(modalities, eps=eps, norm=norm, budget=budget, token_surface=token_surface)
         except InputError as e:
@@ -335,6 +439,10 @@ class GradientAttack(Condition):
         """Threat-model hyper-parameters and the loss; subclasses append their own."""
         return {**self.threat.params(), "loss": self.loss}
 
+    def loss_function(self) -> LossFn:
+        """The per-sample loss (N, K), (N,) -> (N,) that ``loss`` names (maximised by the attack)."""
+        return self.losses[self.loss]
+
     def single(self, modality: str) -> GradientAttack:
         """This attack restricted to one modality (what ``modalities="each"`` runs for every modality).
 
@@ -359,16 +467,18 @@ class GradientAttack(Condition):
 
         Raises:
             InputError: unknown modality, token ids without an embedding surface, eps entries that
-                do not match, ``dlr`` with fewer than 3 classes.
+                do not match, ``dlr`` with fewer than :attr:`dlr_min_classes` classes.
         """
         try:
             threat = self.threat.resolve(model)
         except (InputError, UnsupportedError) as e:
             raise type(e)(f"{self.name}: {e}") from None
-        if self.loss == "dlr" and model.num_classes < 3:
+        need = self.dlr_min_classes
+        if self.loss == "dlr" and model.num_classes < need:
+            what = "the dlr loss needs at least 3 classes (it divides by s_π1 − s_π3" if need == 3 else (
+                f"the targeted dlr loss needs at least {need} classes (it divides by s_π1 − (s_π3 + s_π4)/2")
             raise InputError(
-                f"{self.name}: the dlr loss needs at least 3 classes (it divides by s_π1 − s_π3, Croce & Hein "
-                f"2020); this model has {model.num_classes}; use loss='cw' or 'ce'"
+                f"{self.name}: {what}, Croce & Hein 2020); this model has {model.num_classes}; use loss='cw' or 'ce'"
             )
         return threat
 
@@ -404,7 +514,7 @@ class GradientAttack(Condition):
         threat = self.resolve(model)
         with attack_mode(model):
             _validate(model, x, y, threat)
-            obj = Objective(model, x, y, threat, LOSSES[self.loss], encodings=ctx.encodings)
+            obj = Objective(model, x, y, threat, self.loss_function(), encodings=ctx.encodings)
             adv, loss, success = self._perturb(obj, ctx)
             return obj.output(adv, loss, success)
 
@@ -453,7 +563,22 @@ class GradientAttack(Condition):
             info[f"success/{m}"] = out.info["success"]
             info[f"loss/{m}"] = out.info["loss"]
             info[f"norm/{m}"] = torch.where(take, out.info[f"norm/{m}"], torch.zeros_like(out.info[f"norm/{m}"]))
+        for k in self.counters:  # e.g. model queries: every modality's attack spent them
+            for m in names:
+                info[f"{k}/{m}"] = outs[m].info[k]
+            info[k] = torch.stack([outs[m].info[k] for m in names], 0).sum(0)
+        info.update(self._each_info(names, outs, first))
         return AttackOutput(x=x_out, info=info, embeddings=embeddings)
+
+    def _each_info(self, names: Sequence[str], outs: Mapping[str, AttackOutput], chosen: Tensor) -> dict[str, Tensor]:
+        """Extra per-sample ``info`` of a ``modalities="each"`` result (subclasses combine their own entries).
+
+        Args:
+            names: The attacked modalities, in the model's order.
+            outs: Each modality's own result.
+            chosen: (N,) index into ``names`` of the modality kept per sample.
+        """
+        return {}
 
     @abstractmethod
     def _perturb(self, obj: Objective, ctx: EvalContext) -> tuple[dict[str, Tensor], Tensor, Tensor]:
@@ -492,6 +617,43 @@ def best_of_runs(
         best_loss = torch.where(take, loss, best_loss)
         best_success = best_success | success
     return best, best_loss, best_success
+
+
+RunFn = Callable[[Objective], tuple[dict[str, Tensor], Tensor, Tensor]]
+
+
+def on_survivors(obj: Objective, runs: Iterable[RunFn]) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    """Run attack runs in turn, each only on the samples no earlier run has misclassified.
+
+    The survivors-only schedule of AutoAttack's restarts and target classes (Croce & Hein 2020):
+    per sample the first successful run's result is kept, else the one with the highest loss; the
+    first run sees the whole batch, and the loop ends once every sample has been misclassified.
+
+    Args:
+        obj: The batch's objective.
+        runs: Callables ``run(sub)`` attacking the objective ``sub`` (``obj`` restricted to the
+            survivors, see :meth:`Objective.subset`) and returning ``(adv, loss, success)`` for its rows.
+
+    Returns:
+        ``(adv, loss, success)`` for the whole batch: ``{m: (N, ...)}``, (N,) and (N,) bool.
+    """
+    best: dict[str, Tensor] | None = None
+    for run in runs:
+        if best is None:
+            best, best_loss, found = run(obj)
+            continue
+        if bool(found.all()):
+            break
+        idx = (~found).nonzero().squeeze(1)
+        adv, loss, success = run(obj.subset(idx))
+        take = success | (loss > best_loss[idx])
+        rows, keep = idx[take], take.nonzero().squeeze(1)
+        best = {m: b.index_copy(0, rows, adv[m][keep]) for m, b in best.items()}
+        best_loss = best_loss.index_copy(0, rows, loss[keep])
+        found = found.index_copy(0, idx, success)
+    if best is None:
+        raise InputError("on_survivors: no attack run was given")
+    return best, best_loss, found
 
 
 def _validate(model: Any, x: Mapping[str, Tensor], y: object, threat: ResolvedThreat) -> None:

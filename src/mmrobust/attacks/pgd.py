@@ -35,13 +35,16 @@ class PGD(GradientAttack):
     uniformly from the ball, clipped to the valid range); ``steps`` times move by α_m along sign(∇)
     (ℓ∞) or the normalised gradient (ℓ2: ∇_m/‖∇_m‖₂ per modality, or ∇_m/‖∇‖₂ over the
     concatenation for a joint budget), then project onto the ball and clip to the valid range.
-    The result of a run is its last iterate; with ``early_stop`` a sample is frozen at the first
-    iterate that is misclassified (so that iterate is returned). Over ``restarts`` runs each sample
-    keeps the first successful result, or else the one with the highest loss.
+    The result of a run is, per sample, the first misclassified iterate, or else the iterate with
+    the highest loss among x^(0), ..., x^(T) (not the last one: the loss of a fixed-step ascent
+    oscillates); with ``early_stop`` a sample is frozen at that first misclassified iterate and the
+    run ends once every sample is. Over ``restarts`` runs each sample keeps the first successful
+    result, or else the one with the highest loss.
 
-    With ``random_start=False`` and ``restarts=1`` this is exactly torchattacks' ``PGD`` (ℓ∞) and
-    ``PGDL2`` (ℓ2) on inputs in [0, 1] (tested); torchattacks' ℓ2 random start draws the radius
-    uniformly in [0, ε] instead of uniformly in the ball's volume.
+    With ``random_start=False`` and ``restarts=1`` the iterates are exactly those of torchattacks'
+    ``PGD`` (ℓ∞) and ``PGDL2`` (ℓ2) on inputs in [0, 1] (tested; torchattacks returns the last
+    one); torchattacks' ℓ2 random start draws the radius uniformly in [0, ε] instead of uniformly
+    in the ball's volume.
 
     Args:
         modalities: Attacked modality name, list of names, or ``"all"``.
@@ -121,29 +124,44 @@ class PGD(GradientAttack):
             return {m: 2.5 * threat.eps[m] / self.steps for m in threat.modalities}
         return given_step_sizes(self.alpha, threat.modalities, "pgd")
 
-    def _run(self, obj: Objective, ctx: EvalContext, alpha: dict[str, float]) -> dict[str, Tensor]:
-        """One PGD run; returns the last iterate (with early stop: per sample, the first misclassified)."""
+    def _run(
+        self, obj: Objective, ctx: EvalContext, alpha: dict[str, float]
+    ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        """One PGD run: per sample the first misclassified iterate, else the highest-loss one.
+
+        Every iterate x^(0) (the start), ..., x^(T) is scored (the gradient pass of each step gives
+        its loss; x^(T) costs one forward pass). With ``early_stop`` a sample is frozen at its first
+        misclassified iterate and the run ends once every sample is; without it every sample takes
+        all T steps, and the returned point is the same rule's choice among them.
+
+        Returns:
+            ``(adv, loss, success)``: ``{m: (N, ...)}``, (N,) loss at ``adv`` and (N,) bool.
+        """
         threat = obj.threat
         adv = obj.start(self.random_start, ctx.generator)
-        frozen = torch.zeros_like(obj.y, dtype=torch.bool)
-        for _ in range(self.steps):
-            _, logits, grads = obj.loss_and_grad(adv)
-            if self.early_stop:
-                frozen |= logits.argmax(1) != obj.y
-                if bool(frozen.all()):
-                    break
+        best = found_x = adv
+        best_loss = found_loss = None
+        found = torch.zeros_like(obj.y, dtype=torch.bool)
+        for t in range(self.steps + 1):
+            if t < self.steps:
+                loss, logits, grads = obj.loss_and_grad(adv)
+                wrong = logits.argmax(1) != obj.y
+            else:  # the last iterate needs no gradient
+                loss, wrong = obj.score(adv)
+            if best_loss is None:
+                best_loss, found_loss = loss, loss
+            else:
+                better = loss > best_loss
+                best, best_loss = _pick(better, adv, best), torch.where(better, loss, best_loss)
+            first = wrong & ~found
+            found_x, found_loss = _pick(first, adv, found_x), torch.where(first, loss, found_loss)
+            found = found | wrong
+            if t == self.steps or (self.early_stop and bool(found.all())):
+                break
             new = threat.step(adv, obj.origin, grads, alpha, obj.masks)
-            if self.early_stop:
-                new = _pick(frozen, adv, new)
-            adv = new
-        return adv
+            adv = _pick(found, adv, new) if self.early_stop else new
+        return _pick(found, found_x, best), torch.where(found, found_loss, best_loss), found
 
     def _perturb(self, obj: Objective, ctx: EvalContext) -> tuple[dict[str, Tensor], Tensor, Tensor]:
         alpha = self.step_sizes(obj.threat)
-
-        def run() -> tuple[dict[str, Tensor], Tensor, Tensor]:
-            adv = self._run(obj, ctx, alpha)
-            loss, success = obj.score(adv)
-            return adv, loss, success
-
-        return best_of_runs(self.restarts, run)
+        return best_of_runs(self.restarts, lambda: self._run(obj, ctx, alpha))

@@ -120,7 +120,8 @@ class AttackConfig(_Strict):
     through their embeddings unless ``params`` sets ``token_surface``.
     """
 
-    name: str = Field(description="Attack registry name: fgsm, pgd, apgd, universal, decoupling.")
+    name: str = Field(description="Attack registry name: fgsm, pgd, apgd, apgdt, auto (the standard "
+                      "evaluation, params: version, attacks), universal, decoupling.")
     modalities: Literal["each", "all"] | str | list[str] = Field(
         "each", description="Attacked modalities: one name, a list, 'all', or 'each' (per-sample worst case)."
     )

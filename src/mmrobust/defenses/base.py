@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from mmrobust.attacks.adaptive import WorstCase
+from mmrobust.attacks.auto import Auto
 from mmrobust.attacks.base import Condition
 from mmrobust.attacks.gradient import GradientAttack
 from mmrobust.datasets.dataset import DatasetBundle
@@ -146,7 +147,11 @@ class Defense(ABC):
         """``attack`` made adaptive to this defence: the per-sample worst case over :meth:`attack_variants`.
 
         Returns ``attack`` itself when there is one variant, else a
-        :class:`~mmrobust.attacks.adaptive.WorstCase` whose row carries ``attack``'s parameters. A
+        :class:`~mmrobust.attacks.adaptive.WorstCase` whose row carries ``attack``'s parameters. The
+        standard evaluation (:class:`~mmrobust.attacks.auto.Auto`) is adapted inside its own list
+        instead (:meth:`~mmrobust.attacks.auto.Auto.adapt`): each gradient attack of the list is
+        replaced by the defence's variants of it, each run on the samples still correct; black-box
+        attacks stay as they are. A
         ``modalities="each"`` gradient attack is split into its single-modality attacks, each made
         adaptive, and combined by an outer worst case labelled by modality, so ``info`` keeps the
         per-modality outcomes ``success/<m>`` that ``each`` attacks record.
@@ -162,6 +167,8 @@ class Defense(ABC):
             >>> mr.defenses.create("crmt").adaptive(pgd).params()["variants"]
             'cw+ce'
         """
+        if isinstance(attack, Auto):  # its gradient attacks become this defence's variants, in its list
+            return attack.adapt(lambda a: self.attack_variants(a, undefended))
         variants = self.attack_variants(attack, undefended)
         if len(variants) == 1:
             return variants[0][1]

@@ -50,7 +50,7 @@ from torch import Tensor, nn
 
 from mmrobust.attacks.base import Condition, EvalContext
 from mmrobust.attacks.corruptions import Corruption, kinds_for
-from mmrobust.attacks.evade import Evade
+from mmrobust.attacks.evade import EVASIVE, Evade
 from mmrobust.attacks.pgd import PGD
 from mmrobust.datasets.dataset import DatasetBundle, MultimodalDataset
 from mmrobust.defenses.base import Defense
@@ -233,12 +233,15 @@ class OddOneOut(Defense):
     ) -> list[tuple[str, Condition]]:
         """Detector evasion (``evade``, κ = 1: perturb i *and* keep the detector off i), the CW loss, ``attack``.
 
-        methods.md §5's adaptive attack. ``evade`` is a PGD, so it is added for PGD attacks only; other
-        gradient attacks get the CW variant; every variant differentiates through the gates.
+        methods.md §5's adaptive attack. The evasion objective is added to PGD (:class:`Evade`), APGD
+        and APGD-T (:class:`~mmrobust.attacks.evade.EvadeAPGD`, ``EvadeAPGDT``: the gradient attacks
+        of the standard evaluation ``auto``); other gradient attacks get the CW variant only; every
+        variant differentiates through the gates.
         """
         variants: list[tuple[str, Condition]] = []
-        if type(attack) is PGD:
-            variants.append(("evade", attack.replace(into=Evade, kappa=1.0, target="attacked")))
+        evasive = EVASIVE.get(type(attack))
+        if evasive is not None:
+            variants.append(("evade", attack.replace(into=evasive, kappa=1.0, target="attacked")))
         loss = getattr(attack, "loss", None)
         if loss is not None and loss != "cw":
             variants.append(("cw", attack.replace(loss="cw")))
