@@ -437,6 +437,17 @@ def test_what_cannot_apply_is_refused_in_one_line(trained, toy_data, toy_batch):
         (lambda: mr.defenses.create("mixup").check(no_emb), InputError, r"^mixup: level='input' .*embeddings="),
         (lambda: mr.defenses.create("adversarial_training", eps=EPS).check(no_emb), InputError,
          r"^adversarial_training: .*embeddings="),
+        (lambda: mr.defenses.create("plain_mixup").check(no_emb), InputError,
+         r"^plain_mixup: level='input' .*embeddings="),
+        # odd-one-out trains on single-source attacks of every modality, text included: refused up front, not
+        # after the detector has started training
+        (lambda: mr.defenses.create("ooo", eps=EPS, attack_modalities="sample").check(no_emb), InputError,
+         r"^ooo: .*modality 'text' .*" + emb_hint),
+        # a declared intermediate fusion cannot leave a modality out (no supports_drop): use a fill
+        (lambda: mr.evaluate(mb, toy_data.test.subset(list(range(8))),
+                             [mr.attacks.create("missing", modalities="audio", fill="drop")], checks=False),
+         UnsupportedError, r"cannot drop modalities; use fill="),
+        (lambda: mb(x, drop=["audio"]), UnsupportedError, r"cannot drop \['audio'\]; use a fill"),
     ]
     # late fusion with a non-linear head: JR in logits mode applies, CRMT and JR's features mode do not
     torch.manual_seed(0)

@@ -56,7 +56,7 @@ from mmrobust.datasets.dataset import DatasetBundle, MultimodalDataset
 from mmrobust.defenses.base import Defense
 from mmrobust.defenses.registry import DEFENSES
 from mmrobust.defenses.training import check_training
-from mmrobust.errors import InputError
+from mmrobust.errors import InputError, UnsupportedError
 from mmrobust.models.adapter import ModelAdapter
 from mmrobust.models.base import MultimodalModel
 from mmrobust.models.fusion.concat import ConcatFusion
@@ -248,9 +248,17 @@ class OddOneOut(Defense):
         return [*variants, (str(loss or "white-box"), attack)]
 
     def check(self, model: MultimodalModel) -> None:
-        """A multimodal model (>= 2 modalities) and a training radius for each of its modalities."""
+        """A multimodal model (>= 2 modalities) with a training radius and a training attack for each modality.
+
+        Text needs a token-embedding layer (declared with ``hooks`` for your own module).
+        """
         super().check(model)
-        self.radii(model)
+        eps = self.radii(model)
+        for m in model.modalities:  # refused here, not when the detector's training first attacks m
+            try:
+                self.training_attack(model, m, eps[m]).resolve(model)
+            except (InputError, UnsupportedError) as e:
+                raise InputError(f"ooo: {e}") from None
 
     def radii(self, model: MultimodalModel) -> dict[str, float]:
         """The training radius ε_m of every modality of ``model``."""
