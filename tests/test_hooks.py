@@ -307,6 +307,8 @@ def _attack(name: str, source):
     return {
         "apgd": lambda: mr.attacks.create("apgd", modalities=["image", "text"], eps={"image": 0.1, "text": 0.5},
                                           steps=3, token_surface="embedding"),
+        "apgdt": lambda: mr.attacks.create("apgdt", modalities="image", eps=0.1, steps=3, targets=2),
+        "auto": lambda: mr.attacks.create("auto", modalities="image", eps=0.1, version="fast", attacks=["apgd-ce"]),
         "bpda": lambda: mr.attacks.create("bpda", attack=pgd),
         "corruption": lambda: mr.attacks.create("corruption", modalities="image", kind="gaussian_noise", severity=3),
         "decoupling": lambda: mr.attacks.create("decoupling", modalities="image", rho_max=0.2, steps=2),
@@ -314,6 +316,7 @@ def _attack(name: str, source):
         "fgsm": lambda: mr.attacks.create("fgsm", modalities="text", eps=0.5, token_surface="embedding"),
         "missing": lambda: mr.attacks.create("missing", modalities="audio", fill="mean"),
         "pgd": lambda: mr.attacks.create("pgd", modalities="each", eps=EPS, steps=3, token_surface="embedding"),
+        "square": lambda: mr.attacks.create("square", modalities="image", eps=0.1, queries=20),
         "transfer": lambda: mr.attacks.create("transfer", attack=pgd, source=source),
         "universal": lambda: mr.attacks.create("universal", modalities="audio", eps=0.1, epochs=1),
         "worst_case": lambda: mr.attacks.create("worst_case", variants=[pgd, mr.attacks.create(

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mmrobust.bench import progress as progress_module
-from mmrobust.bench.config import load_config, validate_config
+from mmrobust.bench.config import RUN_PATIENCE, load_config, validate_config
 from mmrobust.bench.progress import RunProgress, plan_run
 from mmrobust.cli import main
 from mmrobust.datasets import load
@@ -41,8 +41,8 @@ def test_smoke_config_is_valid_and_small():
 
 
 def test_run_trainings_stop_on_a_validation_plateau():
-    assert validate_config({}).train.patience == 3
-    assert validate_config({"train": {"epochs": 5}}).train.patience == 3
+    assert validate_config({}).train.patience == RUN_PATIENCE == 5
+    assert validate_config({"train": {"epochs": 5}}).train.patience == RUN_PATIENCE
     assert validate_config({"train": {"patience": None}}).train.patience is None
 
 

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from mmrobust.attacks._checks import alpha_param, check_alpha, check_restarts, given_step_sizes
 from mmrobust.attacks.base import EvalContext
-from mmrobust.attacks.gradient import GradientAttack, Objective, _pick, best_of_runs
+from mmrobust.attacks.gradient import GradientAttack, Objective, best_of_runs
 from mmrobust.attacks.registry import ATTACKS
 from mmrobust.attacks.threat import ResolvedThreat
 from mmrobust.errors import InputError
@@ -37,9 +37,10 @@ class PGD(GradientAttack):
     concatenation for a joint budget), then project onto the ball and clip to the valid range.
     The result of a run is, per sample, the first misclassified iterate, or else the iterate with
     the highest loss among x^(0), ..., x^(T) (not the last one: the loss of a fixed-step ascent
-    oscillates); with ``early_stop`` a sample is frozen at that first misclassified iterate and the
-    run ends once every sample is. Over ``restarts`` runs each sample keeps the first successful
-    result, or else the one with the highest loss.
+    oscillates). A sample is not stepped further once it is misclassified (its result is fixed),
+    so each step computes gradients for the samples still correctly classified only, and the run
+    ends once every sample is misclassified. Over ``restarts`` runs each sample keeps the first
+    successful result, or else the one with the highest loss.
 
     With ``random_start=False`` and ``restarts=1`` the iterates are exactly those of torchattacks'
     ``PGD`` (ℓ∞) and ``PGDL2`` (ℓ2) on inputs in [0, 1] (tested; torchattacks returns the last
@@ -59,7 +60,8 @@ class PGD(GradientAttack):
         random_start: Start from a uniform random point of the ball.
         restarts: Number of runs (>= 1; more than one needs ``random_start``).
         loss: ``ce`` (default), ``cw`` or ``dlr`` (>= 3 classes).
-        early_stop: Freeze each sample once it is misclassified (and stop when all are).
+        early_stop: Kept for configs that set it: a misclassified sample is always frozen at its
+            first misclassified iterate (the result does not depend on this flag).
         token_surface: ``"embedding"`` to attack token-id modalities through their embeddings.
 
     Shapes:
@@ -125,43 +127,63 @@ class PGD(GradientAttack):
         return given_step_sizes(self.alpha, threat.modalities, "pgd")
 
     def _run(
-        self, obj: Objective, ctx: EvalContext, alpha: dict[str, float]
+        self, obj: Objective, ctx: EvalContext, alpha: dict[str, Any]
     ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
         """One PGD run: per sample the first misclassified iterate, else the highest-loss one.
 
         Every iterate x^(0) (the start), ..., x^(T) is scored (the gradient pass of each step gives
-        its loss; x^(T) costs one forward pass). With ``early_stop`` a sample is frozen at its first
-        misclassified iterate and the run ends once every sample is; without it every sample takes
-        all T steps, and the returned point is the same rule's choice among them.
+        its loss; x^(T) costs one forward pass). A sample's result is fixed at its first
+        misclassified iterate, so from there on it is not stepped any more: each step computes
+        gradients for the samples still correctly classified only (the same result as stepping
+        every sample T times, at a fraction of the cost once most are broken), and the run ends
+        once every sample is misclassified. ``early_stop`` names this behaviour; it is always on.
 
         Returns:
             ``(adv, loss, success)``: ``{m: (N, ...)}``, (N,) loss at ``adv`` and (N,) bool.
         """
-        threat = obj.threat
         adv = obj.start(self.random_start, ctx.generator)
-        best = found_x = adv
-        best_loss = found_loss = None
-        found = torch.zeros_like(obj.y, dtype=torch.bool)
+        n = obj.y.shape[0]
+        out = {m: v.clone() for m, v in adv.items()}  # per sample: first misclassified, else best so far
+        out_loss: Tensor | None = None
+        found = torch.zeros(n, dtype=torch.bool, device=obj.y.device)
+        active = torch.arange(n, device=obj.y.device)  # rows still correctly classified
+        sub, cur, step = obj, adv, alpha
         for t in range(self.steps + 1):
             if t < self.steps:
-                loss, logits, grads = obj.loss_and_grad(adv)
-                wrong = logits.argmax(1) != obj.y
+                loss, logits, grads = sub.loss_and_grad(cur)
+                wrong = logits.argmax(1) != sub.y
             else:  # the last iterate needs no gradient
-                loss, wrong = obj.score(adv)
-            if best_loss is None:
-                best_loss, found_loss = loss, loss
+                loss, wrong = sub.score(cur)
+            if out_loss is None:
+                out_loss = loss.clone()
+                take = torch.ones_like(wrong)
             else:
-                better = loss > best_loss
-                best, best_loss = _pick(better, adv, best), torch.where(better, loss, best_loss)
-            first = wrong & ~found
-            found_x, found_loss = _pick(first, adv, found_x), torch.where(first, loss, found_loss)
-            found = found | wrong
-            if t == self.steps or (self.early_stop and bool(found.all())):
+                take = wrong | (loss > out_loss[active])
+            rows = active[take]
+            for m in out:
+                out[m][rows] = cur[m][take]
+            out_loss[rows] = loss[take]
+            found[active[wrong]] = True
+            if t == self.steps or bool(wrong.all()):
                 break
-            new = threat.step(adv, obj.origin, grads, alpha, obj.masks)
-            adv = _pick(found, adv, new) if self.early_stop else new
-        return _pick(found, found_x, best), torch.where(found, found_loss, best_loss), found
+            if bool(wrong.any()):  # drop the broken rows from the rest of the run
+                keep = ~wrong
+                active = active[keep]
+                cur = {m: v[keep] for m, v in cur.items()}
+                grads = {m: g[keep] for m, g in grads.items()}
+                sub = obj.subset(active)
+                step = {m: _rows_of(a, active, n) for m, a in alpha.items()}
+            cur = sub.threat.step(cur, sub.origin, grads, step, sub.masks)
+        assert out_loss is not None
+        return out, out_loss, found
 
     def _perturb(self, obj: Objective, ctx: EvalContext) -> tuple[dict[str, Tensor], Tensor, Tensor]:
         alpha = self.step_sizes(obj.threat)
         return best_of_runs(self.restarts, lambda: self._run(obj, ctx, alpha))
+
+
+def _rows_of(value: Any, rows: Tensor, n: int) -> Any:
+    """A step size restricted to ``rows``: per-sample tensors (N, ...) are indexed, scalars kept."""
+    if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == n:
+        return value[rows]
+    return value
