@@ -80,3 +80,62 @@ def test_weights_rank_the_work(monkeypatch):
     kinds = {"image": "image", "audio": "audio", "text": "text"}
     fusion = progress_module.weight("train", cfg, ["image", "audio", "text"], kinds)
     assert fusion > progress_module.weight("train", cfg, ["text"], kinds) > progress_module.weight("missing", cfg)
+
+
+# ---------------------------------------------------------------------------------- worker processes
+SMALL = {
+    "name": "w", "dataset": {"name": "mmdigits", "size": "tiny"},
+    "models": [{"name": "unimodal", "modality": "audio"}, {"name": "late"}, {"name": "concat"}],
+    "train": {"epochs": 2},
+    "threats": {"missing": {"fills": ["zeros"]},
+                "attacks": [{"name": "pgd", "modalities": "each", "eps": [0.05], "params": {"steps": 2},
+                             "samples": 32}],
+                "corruptions": {"kinds": ["gaussian_noise"]}, "certify": {"radii": [0.0, 0.01]}},
+    "defenses": [{"name": "modality_dropout", "models": ["concat"], "params": {"epochs": 1}}],
+}
+
+
+def test_results_do_not_depend_on_the_worker_count(tmp_path):
+    import numpy as np
+
+    from mmrobust.bench.results import read_rows
+    from mmrobust.bench.runner import run
+
+    cfg = validate_config(SMALL)
+    one = run(cfg, tmp_path / "one", quiet=True, workers=1)
+    two = run(cfg, tmp_path / "two", quiet=True, workers=2)
+    assert read_rows(one) == read_rows(two)
+    files = sorted(p.relative_to(one) for p in (one / "samples").glob("*/*.npz"))
+    assert files == sorted(p.relative_to(two) for p in (two / "samples").glob("*/*.npz")) and files
+    for f in files:
+        a, b = np.load(one / f), np.load(two / f)
+        assert sorted(a.files) == sorted(b.files)
+        for k in a.files:
+            assert np.array_equal(a[k], b[k]), (f, k)
+
+
+def test_an_error_in_a_worker_stops_the_run_and_leaves_no_process(tmp_path, monkeypatch):
+    import multiprocessing
+
+    from mmrobust.bench.runner import run
+
+    (tmp_path / "broken_net.py").write_text(
+        "from torch import nn\n"
+        "class Broken(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.lin = nn.Linear(64, 10)\n"
+        "    def forward(self, image):\n"
+        "        if self.training:  # the up-front checks pass; the training, in a worker, fails\n"
+        "            raise RuntimeError('broken forward of the test module')\n"
+        "        return self.lin(image.flatten(1))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))  # spawned workers inherit sys.path
+    cfg = validate_config({
+        **SMALL, "name": "e", "defenses": [],
+        "models": [{"name": "late"}, {"name": "adapter", "id": "broken", "module": "broken_net:Broken",
+                                      "order": ["image"], "train": True}],
+    })
+    with pytest.raises(Exception, match="broken forward of the test module"):
+        run(cfg, tmp_path / "runs", quiet=True, workers=2)
+    assert multiprocessing.active_children() == []

@@ -83,8 +83,30 @@ class EvasionObjective(Objective):
         return self.class_loss(logits, rows) + self.kappa * term, logits
 
 
+class _Evasive:
+    """What makes an attack class evasive (mixed in before it): the evasion objective and the detection record.
+
+    The attack maximises its own loss plus κ × the detector-evasion term (module docstring) and
+    ``apply`` adds ``ooo_pred``, ``ooo_p_attacked`` and ``ooo_p_none`` on odd-one-out models.
+    """
+
+    kappa: float
+    target: str
+
+    def params(self) -> dict[str, Any]:
+        """The attack's parameters plus ``kappa`` and ``target``."""
+        return {**super().params(), "kappa": self.kappa, "target": self.target}  # type: ignore[misc]
+
+    def _perturb(self, obj: Objective, ctx: EvalContext) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        return super()._perturb(EvasionObjective.wrap(obj, self.kappa, self.target), ctx)  # type: ignore[misc]
+
+    def apply(self, model: Any, x: dict[str, Tensor], y: Tensor, ctx: EvalContext) -> AttackOutput:
+        """The attack's result, plus the detection record on odd-one-out models."""
+        return _detector_record(self, model, super().apply(model, x, y, ctx), y)  # type: ignore[misc]
+
+
 @ATTACKS.register()
-class Evade(PGD):
+class Evade(_Evasive, PGD):
     """PGD that also pushes the odd-one-out detector away from the attacked modalities (adaptive attack).
 
     Threat model: PGD's (the listed modalities within their ε-ball ∩ valid range, the others
@@ -134,19 +156,9 @@ class Evade(PGD):
         )
         self.kappa, self.target = _check_evasion(kappa, target, "evade")
 
-    def params(self) -> dict[str, Any]:
-        """PGD's parameters plus ``kappa`` and ``target``."""
-        return {**super().params(), "kappa": self.kappa, "target": self.target}
-
-    def _perturb(self, obj: Objective, ctx: EvalContext) -> tuple[dict[str, Tensor], Tensor, Tensor]:
-        return super()._perturb(EvasionObjective.wrap(obj, self.kappa, self.target), ctx)
-
-    def apply(self, model: Any, x: dict[str, Tensor], y: Tensor, ctx: EvalContext) -> AttackOutput:
-        """PGD's result, plus ``ooo_pred``, ``ooo_p_attacked`` and ``ooo_p_none`` on odd-one-out models."""
-        return _detector_record(self, model, super().apply(model, x, y, ctx), y)
 
 
-class EvadeAPGD(APGD):
+class EvadeAPGD(_Evasive, APGD):
     """APGD on the detector-evasion objective of :class:`Evade` (the adaptive APGD-CE against odd-one-out fusion).
 
     Threat model, schedule and ``info``: :class:`~mmrobust.attacks.apgd.APGD`'s, plus the detection
@@ -186,19 +198,9 @@ class EvadeAPGD(APGD):
         )
         self.kappa, self.target = _check_evasion(kappa, target, self.name)
 
-    def params(self) -> dict[str, Any]:
-        """APGD's parameters plus ``kappa`` and ``target``."""
-        return {**super().params(), "kappa": self.kappa, "target": self.target}
-
-    def _perturb(self, obj: Objective, ctx: EvalContext) -> tuple[dict[str, Tensor], Tensor, Tensor]:
-        return super()._perturb(EvasionObjective.wrap(obj, self.kappa, self.target), ctx)
-
-    def apply(self, model: Any, x: dict[str, Tensor], y: Tensor, ctx: EvalContext) -> AttackOutput:
-        """APGD's result, plus the detection record on odd-one-out models."""
-        return _detector_record(self, model, super().apply(model, x, y, ctx), y)
 
 
-class EvadeAPGDT(APGDT):
+class EvadeAPGDT(_Evasive, APGDT):
     """APGD-T on the detector-evasion objective of :class:`Evade` (targeted loss + κ × evasion term).
 
     Threat model, targets, schedule and ``info``: :class:`~mmrobust.attacks.apgdt.APGDT`'s, plus the
@@ -237,16 +239,6 @@ class EvadeAPGDT(APGDT):
         )
         self.kappa, self.target = _check_evasion(kappa, target, self.name)
 
-    def params(self) -> dict[str, Any]:
-        """APGD-T's parameters plus ``kappa`` and ``target``."""
-        return {**super().params(), "kappa": self.kappa, "target": self.target}
-
-    def _perturb(self, obj: Objective, ctx: EvalContext) -> tuple[dict[str, Tensor], Tensor, Tensor]:
-        return super()._perturb(EvasionObjective.wrap(obj, self.kappa, self.target), ctx)
-
-    def apply(self, model: Any, x: dict[str, Tensor], y: Tensor, ctx: EvalContext) -> AttackOutput:
-        """APGD-T's result, plus the detection record on odd-one-out models."""
-        return _detector_record(self, model, super().apply(model, x, y, ctx), y)
 
 
 #: The evasive counterpart of each gradient attack (what odd-one-out's adaptive evaluation runs).

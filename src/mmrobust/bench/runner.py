@@ -340,7 +340,14 @@ def _parallel(state: _Run, tasks: list[Task], workers: int, finished: Any) -> di
     progress events come back through a queue; an error in a worker stops the run and is raised here.
     """
     ctx = multiprocessing.get_context("spawn")
-    events = ctx.Manager().Queue()
+    with ctx.Manager() as manager:  # its server process ends with the run, whatever happens
+        return _schedule(state, tasks, workers, finished, ctx, manager.Queue())
+
+
+def _schedule(
+    state: _Run, tasks: list[Task], workers: int, finished: Any, ctx: Any, events: Any
+) -> dict[Task, dict[str, Any]]:
+    """The scheduling loop of :func:`_parallel` (``events``: the workers' queue of log lines and progress)."""
     cost = {t: _task_cost(state, t) for t in tasks}
     results: dict[Task, dict[str, Any]] = {}
     waiting = list(tasks)
@@ -371,9 +378,15 @@ def _parallel(state: _Run, tasks: list[Task], workers: int, finished: Any) -> di
                     results[running.pop(f)] = f.result()
                 if done:
                     finished(results)
-        except BaseException:
+        except BaseException:  # a worker's error or an interrupt: stop the work in progress at once
             for f in running:
                 f.cancel()
+            procs = list((getattr(pool, "_processes", None) or {}).values())
+            for proc in procs:
+                proc.terminate()  # finished cells are on disk (atomic writes); a rerun resumes the rest
+            pool.shutdown(wait=False, cancel_futures=True)
+            for proc in procs:
+                proc.join(10)
             raise
         drain()
     return results
