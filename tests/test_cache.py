@@ -66,3 +66,14 @@ def test_cache_dir_env(monkeypatch, tmp_path):
     monkeypatch.setenv("MMROBUST_CACHE", str(tmp_path))
     assert cache_dir() == tmp_path
     assert cache_dir(tmp_path / "x") == tmp_path / "x"
+
+
+def test_atomic_files_get_the_permissions_of_a_plain_open(tmp_path):
+    import os
+
+    from mmrobust.utils.io import write_text
+
+    (tmp_path / "plain.txt").write_text("x")
+    write_text(tmp_path / "atomic.txt", "x")  # e.g. report.html: readable by whoever may read a plain file
+    plain = os.stat(tmp_path / "plain.txt").st_mode & 0o777
+    assert os.stat(tmp_path / "atomic.txt").st_mode & 0o777 == plain
