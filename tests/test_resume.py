@@ -52,6 +52,22 @@ def _check_whole(folder):
             assert path.read_text().endswith("\n")
 
 
+def _children(pid: int) -> list[int]:
+    """Child processes of ``pid`` (Linux /proc; empty elsewhere)."""
+    try:
+        return [int(k) for k in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+    except OSError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    """The process runs (a zombie waiting for its reaper does not count)."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def test_killed_run_resumes_to_identical_results(tmp_path, env):
     cfg = tmp_path / "resume.yaml"
     cfg.write_text(CONFIG)
@@ -67,8 +83,14 @@ def test_killed_run_resumes_to_identical_results(tmp_path, env):
     while time.time() < deadline and len(list(cells.rglob("*.json"))) < 3:  # kill once a few cells are done
         time.sleep(0.05)
     assert proc.poll() is None, "the run finished before it could be killed"
+    kids = _children(proc.pid)  # its worker processes and their queue's server
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    gone = time.time() + 10
+    while time.time() < gone and any(_alive(k) for k in kids):
+        time.sleep(0.1)
+    if os.path.isdir("/proc"):
+        assert kids and not [k for k in kids if _alive(k)], "workers outlived the killed run"
     done = sorted(p.relative_to(cells) for p in cells.rglob("*.json"))
     assert 3 <= len(done) < 8  # 2 models x (missing, pgd, 3 corruption cells) + late's certified = 11 cells
     _check_whole(runs / "resume")  # only finished files, each whole (temporaries are hidden .tmp files)

@@ -16,8 +16,10 @@ import json
 import multiprocessing
 import os
 import queue
+import threading
 import time
 from dataclasses import dataclass
+from multiprocessing.managers import SyncManager
 from pathlib import Path
 from typing import Any
 
@@ -321,8 +323,24 @@ def _sequential(state: _Run, tasks: list[Task], finished: Any) -> dict[Task, dic
 _WORKER: _Run | None = None
 
 
+def _die_with_parent() -> None:
+    """In a worker or the queue's server: exit as soon as the run's process is gone (e.g. killed with SIGKILL).
+
+    Without this, a killed run leaves its workers waiting forever for work, each holding its memory.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="mmrobust-parent-watch", daemon=True).start()
+
+
 def _init_worker(cfg: RunConfig, folder: Path, events: Any) -> None:
     global _WORKER
+    _die_with_parent()
     torch.set_num_threads(1)
     _WORKER = _Run(cfg, folder, dataset_of(cfg), say=lambda line: events.put(("say", line)),
                    done=lambda what, cost: events.put(("done", what, cost)))
@@ -340,8 +358,12 @@ def _parallel(state: _Run, tasks: list[Task], workers: int, finished: Any) -> di
     progress events come back through a queue; an error in a worker stops the run and is raised here.
     """
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Manager() as manager:  # its server process ends with the run, whatever happens
+    manager = SyncManager(ctx=ctx)
+    manager.start(_die_with_parent)  # its server process ends with the run, whatever happens
+    try:
         return _schedule(state, tasks, workers, finished, ctx, manager.Queue())
+    finally:
+        manager.shutdown()
 
 
 def _schedule(
