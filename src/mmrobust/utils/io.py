@@ -8,6 +8,7 @@ leaves either the old file or the new one, never half of one.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -23,14 +24,22 @@ import numpy as np
 from mmrobust.errors import CacheError
 
 
-def _umask() -> int:
+@functools.cache
+def _file_mode() -> int:
+    """The permissions of a plain ``open()``: 0o666 minus the process umask (not ``mkstemp``'s private 0o600).
+
+    Read from ``/proc/self/status`` where it exists, so the process umask is never changed, even for
+    an instant; elsewhere read by setting and restoring it once.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
     mask = os.umask(0)
     os.umask(mask)
-    return mask
-
-
-#: Files get the permissions of a plain ``open()`` (0o666 minus the umask), not ``mkstemp``'s private 0o600.
-_FILE_MODE = 0o666 & ~_umask()
+    return 0o666 & ~mask
 
 
 @contextlib.contextmanager
@@ -49,7 +58,7 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, _FILE_MODE)
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
