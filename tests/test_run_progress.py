@@ -139,3 +139,12 @@ def test_an_error_in_a_worker_stops_the_run_and_leaves_no_process(tmp_path, monk
     with pytest.raises(Exception, match="broken forward of the test module"):
         run(cfg, tmp_path / "runs", quiet=True, workers=2)
     assert multiprocessing.active_children() == []
+
+
+@pytest.mark.parametrize("bad", ["0", "-2"])
+def test_bad_worker_count_is_one_line(tmp_path, capsys, bad):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("name: x\ndataset: {name: mmdigits, size: tiny}\nmodels: [{name: late}]\n")
+    assert main(["run", str(cfg), "--runs-dir", str(tmp_path / "runs"), "--workers", bad]) == 2
+    err = capsys.readouterr().err
+    assert f"workers must be an integer >= 1, got {bad}" in err and "Traceback" not in err
