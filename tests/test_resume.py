@@ -86,13 +86,14 @@ def test_killed_run_resumes_to_identical_results(tmp_path, env):
     kids = _children(proc.pid)  # its worker processes and their queue's server
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    done = sorted(p.relative_to(cells) for p in cells.rglob("*.json"))
+    assert 3 <= len(done) < 8  # 2 models x (missing, pgd, 3 corruption cells) + late's certified = 11 cells
     gone = time.time() + 10
     while time.time() < gone and any(_alive(k) for k in kids):
         time.sleep(0.1)
     if os.path.isdir("/proc"):
         assert kids and not [k for k in kids if _alive(k)], "workers outlived the killed run"
-    done = sorted(p.relative_to(cells) for p in cells.rglob("*.json"))
-    assert 3 <= len(done) < 8  # 2 models x (missing, pgd, 3 corruption cells) + late's certified = 11 cells
+    assert sorted(p.relative_to(cells) for p in cells.rglob("*.json")) == done  # nothing went on after the kill
     _check_whole(runs / "resume")  # only finished files, each whole (temporaries are hidden .tmp files)
 
     again = _run(cfg, runs, env)
