@@ -33,7 +33,7 @@ import mmrobust as mr
 from mmrobust import certify as C
 from mmrobust.certify import certifiable_modalities
 from mmrobust.certify.crmt import crmt_scales, direction_lipschitz
-from mmrobust.defenses.crmt import CRMT
+from mmrobust.defenses.crmt import AUTHORS_RECIPE, CRMT
 from mmrobust.train import accuracy
 from mmrobust.utils.io import write_json, write_text
 from mmrobust.utils.provenance import provenance
@@ -49,7 +49,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=None, help="folder with a trained late.pt (else trained here)")
     ap.add_argument("--cache", default=None, help="folder to save trained models to and reload them from")
-    ap.add_argument("--variants", default="JT,Mix,AT")
+    ap.add_argument("--variants", default="JT,Mix,AT,JT-SGD",
+                    help="JT, Mix, AT, JT-SGD (CRMT-JT trained with the authors' optimiser recipe)")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--at-epochs", type=int, default=5)
     ap.add_argument("--radius-epochs", type=int, default=5)
@@ -81,6 +82,8 @@ def main() -> None:
         rows[name]["seconds"] = round(time.perf_counter() - t, 1)
         print(f"{name}: clean {rows[name]['clean']:.4f} ({rows[name]['seconds']}s)", flush=True)
     sound = soundness(models["crmt-jt"], data, args)
+    falsify = {n: falsify_empirical(models[n], data, lip_split, args) for n in ("joint", "crmt-jt", "crmt-jt/sgd")
+               if n in models}
     wall = time.perf_counter() - t0
     out = Path(args.out)
     payload = {
@@ -88,7 +91,7 @@ def main() -> None:
         "n_attack": len(test_sub),
         "n_certify": len(data.test), "lip_samples": len(lip_split), "single_eps": SINGLE_EPS, "joint_eps": JOINT_EPS,
         "cert_eps": CERT_EPS, "preference_attacks": PREF_ATTACKS, "training": training, "models": rows,
-        "soundness": sound, "wall_seconds": round(wall, 1), "provenance": provenance(),
+        "soundness": sound, "falsify_empirical": falsify, "wall_seconds": round(wall, 1), "provenance": provenance(),
         "dataset": {k: data.meta.get(k) for k in ("checksum", "seed", "size", "audio")},
         "command": command(args),
         "reloaded": sorted(n for n, t in training.items() if t.get("reloaded")),
@@ -188,8 +191,13 @@ def build_models(data: Any, args: argparse.Namespace, cache: Path | None, varian
             models["crmt-jt"], models["crmt-jt/step1"], models["crmt-jt/keep"] = net, step1, keep
             seconds = round(time.perf_counter() - t, 1)
             training["crmt-jt"] = {"seconds": seconds}
-            for p, m in zip(paths, (net, step1, keep), strict=True):
+            for p, m in zip(paths, (net, step1, keep), strict=True) if paths else ():
                 _save(m, p, seconds if m is net else None)
+    if "JT-SGD" in variants:  # the authors' step-1 optimiser (SGD, lr 1e-3, momentum 0.9, weight decay 1e-4)
+        sgd = CRMT("JT", epochs=args.epochs, radius_epochs=args.radius_epochs, train=AUTHORS_RECIPE)
+        models["crmt-jt/sgd"], seconds = _cached(cache, "crmt-jt-sgd", lambda: sgd.apply(
+            mr.models.create("late", data.spec, seed=args.seed), data, seed=args.seed))
+        training["crmt-jt/sgd"] = {"seconds": seconds, "recipe": dict(AUTHORS_RECIPE)}
     if "Mix" in variants:
         mix = CRMT("Mix", epochs=args.epochs, radius_epochs=args.radius_epochs)
         models["crmt-mix"], seconds = _cached(cache, "crmt-mix", lambda: mix.apply(
@@ -305,6 +313,26 @@ def soundness(model: Any, data: Any, args: argparse.Namespace) -> dict[str, Any]
     return out
 
 
+def falsify_empirical(model: Any, data: Any, lip_split: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """The same PGD-ℓ2 at 0.999 × each sample's *empirical* radius (the paper's estimate, not a guarantee).
+
+    A changed prediction refutes that sample's empirical certificate: the estimated constant was too small.
+    """
+    idx = torch.arange(min(args.falsify_n, len(data.test)))
+    x, _ = data.test.batch(idx)
+    cert = C.certify(model, x, lipschitz=C.empirical_lipschitz(model, lip_split))
+    out: dict[str, Any] = {"n": int(idx.numel())}
+    for which, radius, mods in [("joint", cert.joint, CONT), ("image", cert.single["image"], "image"),
+                                ("audio", cert.single["audio"], "audio")]:
+        t = time.perf_counter()
+        res = C.attack_within_radius(model, x, radius, modalities=mods, steps=50, restarts=2, seed=args.seed)
+        out[which] = {"attacked": int(res.attacked.sum()), "violations": res.violations,
+                      "median_eps": float(res.eps[res.attacked].median()) if bool(res.attacked.any()) else 0.0,
+                      "seconds": round(time.perf_counter() - t, 1)}
+        print(f"empirical falsification {which}: {res.violations} violations / {int(res.attacked.sum())}", flush=True)
+    return out
+
+
 # ------------------------------------------------------------------------------------------ report
 def _pct(v: float | None) -> str:
     return "" if v is None else f"{100 * v:.1f}"
@@ -398,6 +426,25 @@ def summary(p: dict[str, Any]) -> list[str]:
     out.append(f"- **Soundness**: PGD-ℓ2 inside the sound radii of crmt-jt changed "
                f"{sum(s[w]['violations'] for w in ('joint', 'image', 'audio', 'joint (CRMT radius)'))} predictions "
                f"({s['n']} samples × 4 threats).")
+    fe = p.get("falsify_empirical") or {}
+    if fe:
+        out.append("- **Empirical radii falsified** (the same attack at 0.999 × each empirical radius; a changed "
+                   "prediction refutes that certificate): " + "; ".join(
+                       f"{n} {sum(r[w]['violations'] for w in ('joint', 'image', 'audio'))} of "
+                       f"{sum(r[w]['attacked'] for w in ('joint', 'image', 'audio'))}" for n, r in fe.items())
+                   + " attacked (sample, threat) pairs (joint, image, audio).")
+    if "crmt-jt/sgd" in rows and "crmt-jt" in rows:
+        a, b = rows["crmt-jt"], rows["crmt-jt/sgd"]
+        out.append(
+            "- **Optimiser recipe** (crmt-jt: Adam, lr 2e-3, no weight decay; crmt-jt/sgd: the authors' SGD, lr 1e-3, "
+            "momentum 0.9, weight decay 1e-4): clean "
+            f"{_pct(a['clean'])} vs {_pct(b['clean'])} %; CW-PGD joint ε = 1 {_pct(a['robust']['joint@1'])} vs "
+            f"{_pct(b['robust']['joint@1'])} % (joint {_pct(j['robust']['joint@1'])} %); sound joint certified at "
+            f"ε = 0.005 {_pct(_cert(p, 'crmt-jt', 'sound/generic/joint', 0.005))} vs "
+            f"{_pct(_cert(p, 'crmt-jt/sgd', 'sound/generic/joint', 0.005))} % (joint "
+            f"{_pct(_cert(p, 'joint', 'sound/generic/joint', 0.005))} %); median empirical image constant τ "
+            f"{a['radius']['empirical/tau_median']['image']:.0f} vs {b['radius']['empirical/tau_median']['image']:.0f} "
+            f"(joint {j['radius']['empirical/tau_median']['image']:.0f}).")
     return out
 
 
@@ -427,6 +474,10 @@ def render(p: dict[str, Any]) -> str:
         "before step 2; `crmt-jt/keep` is step 2 with the paper's objective on the whole model "
         "(`held_fixed=\"keep\"`, see below).",
     ]
+    if "crmt-jt/sgd" in rows:
+        lines.append(f"- `crmt-jt/sgd`: CRMT-JT as `crmt-jt` but step 1 with the authors' optimiser recipe "
+                     f"(`train=AUTHORS_RECIPE`: SGD, lr 1e-3, momentum 0.9, weight decay 1e-4, batch 64), "
+                     f"{p['epochs']} + {p['radius_epochs']} epochs.")
     if "crmt-mix" in rows:
         lines.append(f"- `crmt-mix`: CRMT-Mix from the fresh model, {p['epochs']} + {p['radius_epochs']} epochs.")
     if "crmt-at" in rows:
@@ -525,6 +576,19 @@ def render(p: dict[str, Any]) -> str:
     for which in ("joint", "image", "audio", "joint (CRMT radius)"):
         r = s[which]
         lines.append(f"| {which} | {r['attacked']} | {r['median_eps']:.4g} | {r['violations']} | {r['seconds']} |")
+    fe = p.get("falsify_empirical") or {}
+    if fe:
+        lines += ["", "## Falsifying the empirical certificates", "",
+                  "The same attack at 0.999 × each sample's empirical radius (constants estimated on "
+                  f"{p['lip_samples']} training samples; the paper's estimate, not a guarantee): a changed "
+                  "prediction shows the estimated constant was too small for that sample.", "",
+                  "| model | radius | attacked | median ε | predictions changed | seconds |",
+                  "|---|---|---|---|---|---|"]
+        for n, r in fe.items():
+            for which in ("joint", "image", "audio"):
+                q = r[which]
+                lines.append(f"| {n} | {which} | {q['attacked']} | {q['median_eps']:.4g} | {q['violations']} | "
+                             f"{q['seconds']} |")
     lines.append("")
     return "\n".join(lines)
 

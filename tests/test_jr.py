@@ -27,8 +27,11 @@ def batch(toy_batch):
     return {m: t[:12] for m, t in x.items()}, y[:12]
 
 
-def brute_force_logits(late, x, gamma, jacobian):
-    """Σ_m W_m z_m − (M−1) log π with W_m from the K²×K² linear system, per sample (float64)."""
+def brute_force_logits(late, x, gamma, jacobian, apply_to=None):
+    """Σ_m W_m z_m − (M−1) log π with W_m from the K²×K² linear system, per sample (float64).
+
+    ``apply_to``: the modalities that get W_m (the others add z_m unchanged); ``None``: all.
+    """
     with torch.no_grad():
         uni = {m: v.double() for m, v in late.unimodal_logits(x).items()}
     lp = late.fusion.log_prior.double()
@@ -39,6 +42,9 @@ def brute_force_logits(late, x, gamma, jacobian):
     for i in range(s0.shape[0]):
         s = torch.diag(p0[i]) - torch.outer(p0[i], p0[i])
         for m, zm in uni.items():
+            if apply_to is not None and m not in apply_to:
+                out[i] += zm[i]
+                continue
             a = late.fusion.heads[m].weight.detach().double()
             if jacobian == "logits":
                 h = torch.eye(k, dtype=D)
@@ -337,7 +343,9 @@ def test_auto_gamma_selection_is_recorded_deterministic_and_follows_the_criterio
     b = jr.apply(toy_late, toy_data, seed=3)
     sel = a.defense_info["selection"]
     assert sel == b.defense_info["selection"]
-    assert [r["gamma"] for r in sel["sweep"]] == [1e-3, 1e-2, 1e-1, 1.0, 10.0]
+    gammas = [r["gamma"] for r in sel["sweep"]]
+    assert gammas[:5] == [1e-3, 1e-2, 1e-1, 1.0, 10.0]
+    assert gammas[5:] == sel["extended"] == [1e-3 / 10**k for k in range(1, len(sel["extended"]) + 1)]
     assert sel["attacks"] == [p.id for p in jr.selection_attacks(toy_late)] and len(sel["attacks"]) == 2
     for r in sel["sweep"]:
         assert r["robust_val"] <= min(r["robust_val/transfer"], r["robust_val/bpda"], r["robust_val/full"])
@@ -345,7 +353,114 @@ def test_auto_gamma_selection_is_recorded_deterministic_and_follows_the_criterio
     assert sel["clean_drop_cap"] == max(0.05, 1 / 32)
     ok = [r for r in sel["sweep"] if r["clean_val"] >= sel["undefended"]["clean_val"] - sel["clean_drop_cap"] - 1e-12]
     best = max(ok, key=lambda r: (r["robust_val"], r["gamma"])) if ok else None
+    assert all(r["apply_to"] == "all" for r in sel["sweep"]) and sel["apply_to"] == "all"
     if best is not None:
         assert sel["gamma"] == best["gamma"]
     assert a.fusion.gamma == sel["gamma"] == a.defense_info["gamma"]
     assert a.config["defense"]["params"]["gamma"] == "auto"
+
+
+# ---------------------------------------------------------------------------------------- apply_to
+
+
+@pytest.mark.parametrize("jacobian", MODES)
+def test_weighted_subset_matches_brute_force(toy_late, batch, jacobian):
+    x, _ = batch
+    m = toy_late.modalities[-1]
+    model = build_jr_model(toy_late, 0.05, jacobian, apply_to=[m])
+    with torch.no_grad():
+        out = model(x)
+        every = build_jr_model(toy_late, 0.05, jacobian)(x)
+    ref = brute_force_logits(toy_late, x, 0.05, jacobian, apply_to=[m])
+    torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=1e-5)
+    assert not torch.allclose(out, every, atol=1e-4)  # weighting one modality is not weighting all
+    with torch.no_grad():  # naming every modality is the default fusion (one solve vs one per modality)
+        named = build_jr_model(toy_late, 0.05, jacobian, apply_to=list(toy_late.modalities))(x)
+    torch.testing.assert_close(named, every, atol=1e-5, rtol=1e-5)
+
+
+def test_weighted_certificate_is_sound_and_counts_only_weighted_modalities(toy_late, batch):
+    x, _ = batch
+    for g in (1e-3, 1e-1, 10.0):
+        for apply_to in ([toy_late.modalities[0]], None):
+            model = build_jr_model(toy_late, g, "logits", apply_to=apply_to)
+            with torch.no_grad():
+                z = model.encode(x)
+                sure = model.fusion.unchanged_certificate(z)
+                fused, aux = model.fusion(z)
+            kept = fused.argmax(1) == aux["undefended_logits"].argmax(1)
+            assert bool(kept[sure].all())
+    one = build_jr_model(toy_late, 1e-3, "logits", apply_to=[toy_late.modalities[0]])
+    every = build_jr_model(toy_late, 1e-3, "logits")
+    with torch.no_grad():
+        assert bool((one.fusion.unchanged_certificate(one.encode(x))
+                     >= every.fusion.unchanged_certificate(every.encode(x))).all())
+
+
+def test_weighted_survives_a_checkpoint_and_set_apply_to(toy_late, batch, tmp_path):
+    from mmrobust.defenses.jr import set_apply_to
+
+    x, _ = batch
+    m = toy_late.modalities[0]
+    model = build_jr_model(toy_late, 0.01, "logits", apply_to=[m])
+    loaded = mr.models.load(mr.models.save(model, tmp_path / "jrw.pt"))
+    assert loaded.fusion.apply_to == (m,) and loaded.config["fusion_kwargs"]["apply_to"] == [m]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+    set_apply_to(loaded, None)
+    assert loaded.fusion.apply_to is None and "apply_to" not in loaded.config["fusion_kwargs"]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), build_jr_model(toy_late, 0.01, "logits")(x))
+    with pytest.raises(InputError, match="set_apply_to"):
+        set_apply_to(toy_late, None)
+
+
+def test_weighted_bad_values_are_refused(toy_late):
+    names = list(toy_late.modalities)
+    for bad in (["video"], [], "image", [names[0], names[0]]):
+        with pytest.raises(InputError, match="apply_to"):
+            JRFusion(names, {m: 4 for m in names}, 3, apply_to=bad)
+    with pytest.raises(InputError, match="apply_to must be one of"):
+        JR(apply_to=[1])
+    with pytest.raises(InputError, match="unknown modalities \\['some'\\]"):
+        JR(gamma=0.1, apply_to="some").check(toy_late)
+    assert JR(gamma=0.1, apply_to=names[0]).apply_to == (names[0],)
+    with pytest.raises(InputError, match="twice"):
+        JR(apply_to=[names[0], names[0]])
+    with pytest.raises(InputError, match="gamma='auto'"):
+        JR(gamma=0.1, apply_to="select")
+    with pytest.raises(InputError, match="extend"):
+        JR(extend=-1)
+    with pytest.raises(InputError, match="unknown modalities"):
+        JR(gamma=0.1, apply_to=["video"]).apply(toy_late, None)
+
+
+def test_fixed_gamma_weighted_apply_records_the_form(toy_late, toy_data):
+    m = toy_late.modalities[1]
+    jr = JR(gamma=0.1, apply_to=[m])
+    model = jr.apply(toy_late, toy_data)
+    assert model.defense_info["apply_to"] == [m] and model.fusion.apply_to == (m,)
+    assert jr.id == f"jr[gamma=0.1,jacobian=logits,precision=float64,apply_to={m}]"
+    assert JR(gamma=0.1).id == "jr[gamma=0.1,jacobian=logits,precision=float64]"  # ids of old runs unchanged
+    again = jr.rebuild(toy_late, model.defense_info)
+    assert again.fusion.apply_to == (m,)
+
+
+def test_select_sweeps_every_form_and_extends_the_lower_edge(toy_late, toy_data):
+    jr = JR(gammas=[1e-3, 1e-1], apply_to="select", extend=2, select_samples=24, select_steps=2, select_eps=0.1,
+            max_clean_drop=0.5)
+    model = jr.apply(toy_late, toy_data, seed=1)
+    sel = model.defense_info["selection"]
+    forms = ["all", *toy_late.modalities]
+    gammas = sorted({r["gamma"] for r in sel["sweep"]}, reverse=True)
+    assert sorted(r["apply_to"] for r in sel["sweep"]) == sorted(forms * len(gammas))
+    assert sel["extended"] == [1e-3 / 10**k for k in range(1, len(sel["extended"]) + 1)]
+    assert len(sel["extended"]) == 2 or sel["gamma"] != min(gammas)  # stopped: the choice is interior
+    ok = [r for r in sel["sweep"] if r["clean_val"] >= sel["undefended"]["clean_val"] - sel["clean_drop_cap"] - 1e-12]
+    best = max(ok, key=lambda r: (r["robust_val"], r["gamma"], r["apply_to"] == "all"))
+    assert (sel["gamma"], sel["apply_to"]) == (best["gamma"], best["apply_to"])
+    assert model.fusion.gamma == sel["gamma"]
+    assert (model.fusion.apply_to or ("all",)) == tuple(sel["apply_to"].split("/"))
+    assert sel["edge"] in ("interior", "lower edge (extend exhausted)") or sel["edge"].startswith("upper edge")
+    none = JR(gammas=[1e-3], extend=0, select_samples=8, select_steps=1).apply(toy_late, toy_data)
+    assert none.defense_info["selection"]["extended"] == [] and none.defense_info["selection"]["edge"] == "only value"

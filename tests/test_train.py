@@ -107,3 +107,37 @@ def test_custom_objective_parameters_and_score(toy_data):
             assert torch.equal(v, frozen[k]), k  # encoders were not optimised
     with pytest.raises(mr.InputError, match="no parameters"):
         mr.train(model, toy_data, epochs=1, quiet=True, parameters=[])
+
+
+def test_sgd_optimizer_takes_momentum_and_weight_decay(toy, monkeypatch):
+    made = []
+    real = torch.optim.SGD
+
+    def spy(params, **kw):
+        made.append(kw)
+        return real(params, **kw)
+
+    monkeypatch.setattr(torch.optim, "SGD", spy)
+    model = mr.models.create("late", toy.spec, seed=0)
+    before = accuracy(model, toy.val)
+    res = mr.train(model, toy, epochs=4, optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=1e-4, quiet=True)
+    assert made == [{"lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4}]
+    assert res.config["optimizer"] == "sgd" and res.best_val_accuracy > before + 0.2
+    adam = mr.models.create("late", toy.spec, seed=0)
+    mr.train(adam, toy, epochs=1, quiet=True)
+    assert len(made) == 1  # the default stays Adam
+    with pytest.raises(mr.ConfigError, match="optimizer"):
+        mr.train(model, toy, optimizer="rmsprop")
+    with pytest.raises(mr.ConfigError, match="momentum"):
+        mr.train(model, toy, optimizer="sgd", momentum=1.5)
+
+
+def test_crmt_takes_the_authors_recipe(toy):
+    from mmrobust.defenses.crmt import AUTHORS_RECIPE
+
+    crmt = mr.defenses.create("crmt", epochs=1, radius_epochs=0, train=AUTHORS_RECIPE)
+    assert crmt.params()["train"] == AUTHORS_RECIPE
+    model = crmt.apply(mr.models.create("late", toy.spec, seed=0), toy)
+    assert model.config["fusion"] == "crmt"
+    with pytest.raises(mr.InputError, match="train\\['optimizer'\\] must be one of 'adam', 'sgd'"):
+        mr.defenses.create("crmt", train={"optimizer": "lbfgs"})

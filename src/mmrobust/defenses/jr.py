@@ -52,9 +52,16 @@ DEFAULT_GAMMAS: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
 ATTACK_MODES: tuple[str, ...] = ("transfer", "bpda", "full")
 
+#: ``apply_to`` keywords: W on every modality, or the form chosen on validation.
+APPLY_TO: tuple[str, ...] = ("all", "select")
+
 
 def build_jr_model(
-    model: MultimodalModel, gamma: float, jacobian: str = "logits", precision: str = "float64"
+    model: MultimodalModel,
+    gamma: float,
+    jacobian: str = "logits",
+    precision: str = "float64",
+    apply_to: Sequence[str] | None = None,
 ) -> MultimodalModel:
     """A new JR model sharing nothing with ``model`` but a copy of its weights (no selection, no marks).
 
@@ -63,19 +70,21 @@ def build_jr_model(
         gamma: γ > 0.
         jacobian: ``logits``, ``features`` or ``input``.
         precision: ``float64`` or ``float32``.
+        apply_to: The modalities whose logits JR re-weights (``None``: all).
 
     Returns:
         The JR model in eval mode on ``model``'s device; ``config["name"]`` is ``<name>+jr``.
     """
     cfg = model.config
     if isinstance(model, ModelAdapter):  # your own module: the same parts, JR's fusion around its heads
-        return _jr_around(model, gamma, jacobian, precision)
+        return _jr_around(model, gamma, jacobian, precision, apply_to)
     defended = MultimodalModel(
         model.spec,
         fusion="jr",
         embed_dim=cfg["embed_dim"],
         modalities=model.modalities,
-        fusion_kwargs={**cfg.get("fusion_kwargs", {}), "gamma": gamma, "jacobian": jacobian, "precision": precision},
+        fusion_kwargs={**cfg.get("fusion_kwargs", {}), "gamma": gamma, "jacobian": jacobian, "precision": precision,
+                       **({"apply_to": list(apply_to)} if apply_to is not None else {})},
         encoder_kwargs=cfg.get("encoder_kwargs", {}),
     )
     defended.load_state_dict(model.state_dict())
@@ -87,20 +96,23 @@ def build_jr_model(
     return defended.eval()
 
 
-def _jr_around(model: MultimodalModel, gamma: float, jacobian: str, precision: str) -> MultimodalModel:
+def _jr_around(
+    model: MultimodalModel, gamma: float, jacobian: str, precision: str, apply_to: Sequence[str] | None
+) -> MultimodalModel:
     """JR on a declared late fusion: a copy of the model whose fusion is JR over copies of its own heads."""
     late = model.fusion
     defended = copy.deepcopy(model)
     with torch.random.fork_rng(devices=[]):  # its fresh heads are replaced at once: leave the global RNG alone
         fusion = JRFusion(model.modalities, late.dims, model.num_classes, gamma=gamma, jacobian=jacobian,
-                          precision=precision)
+                          precision=precision, apply_to=apply_to)
     fusion.heads = defended.fusion.heads
     fusion.log_prior.copy_(late.log_prior)
     defended.fusion = fusion.to(late.log_prior.device)
     defended.fusion_name = "jr"
     defended.config.pop("defense", None)
     defended.config["fusion"] = "jr"
-    defended.config["fusion_kwargs"] = {"gamma": gamma, "jacobian": jacobian, "precision": precision}
+    defended.config["fusion_kwargs"] = {"gamma": gamma, "jacobian": jacobian, "precision": precision,
+                                        **({"apply_to": list(apply_to)} if apply_to is not None else {})}
     defended.config["name"] = f"{model.config.get('name', model.fusion_name)}+jr"
     if jacobian == "input":
         bind_input_jacobians(defended)
@@ -113,6 +125,17 @@ def set_gamma(model: MultimodalModel, gamma: float) -> None:
         raise InputError(f"set_gamma needs a JR model (fusion 'jr'), got fusion {model.fusion_name!r}")
     model.fusion.set_gamma(gamma)
     model.config["fusion_kwargs"]["gamma"] = float(gamma)
+
+
+def set_apply_to(model: MultimodalModel, apply_to: Sequence[str] | None) -> None:
+    """Change which modalities a JR model re-weights, in place (fusion and ``config["fusion_kwargs"]``)."""
+    if not isinstance(model.fusion, JRFusion):
+        raise InputError(f"set_apply_to needs a JR model (fusion 'jr'), got fusion {model.fusion_name!r}")
+    model.fusion.set_apply_to(apply_to)
+    if apply_to is None:
+        model.config["fusion_kwargs"].pop("apply_to", None)
+    else:
+        model.config["fusion_kwargs"]["apply_to"] = list(model.fusion.apply_to or ())
 
 
 @DEFENSES.register()
@@ -135,6 +158,15 @@ class JR(Defense):
         select_samples: Validation samples used for the selection (the first ones).
         max_clean_drop: Largest tolerated loss of clean validation accuracy (a fraction, e.g. 0.01; never
             finer than one validation sample, 1/n).
+        apply_to: Which modalities' logits JR re-weights: ``"all"`` (default, the fusion of
+            methods.md §2), one modality or a list (the rest pass through, W = I), or ``"select"``
+            (with ``gamma="auto"``: all, or each single modality, chosen on validation together with
+            γ under attacks on every modality — a defender's choice, not an oracle). The paper's
+            setting, W on the perturbed modality only, is ``apply_to=[m]`` evaluated under attacks
+            on ``m`` alone: an **oracle** (it is told which modality is attacked); label it so.
+        extend: While the smallest γ tried wins the selection, try a decade smaller, at most this
+            many times (0: the grid as given). The upper edge is not extended: W → I as γ grows, so
+            it is the undefended fusion's limit.
 
     Example:
         >>> jr = mr.defenses.create("jr")                        # doctest: +SKIP
@@ -162,6 +194,8 @@ class JR(Defense):
         select_steps: int = 10,
         select_samples: int = 512,
         max_clean_drop: float = 0.01,
+        apply_to: str | Sequence[str] = "all",
+        extend: int = 3,
     ) -> None:
         self.gamma: float | str = gamma if gamma == "auto" else check_gamma(gamma)
         if jacobian not in JACOBIANS:
@@ -188,10 +222,26 @@ class JR(Defense):
         ):
             raise InputError(f"jr: max_clean_drop must be a fraction in [0, 1], got {max_clean_drop!r}")
         self.max_clean_drop = float(max_clean_drop)
+        if isinstance(apply_to, str):  # a keyword, or one modality's name (checked against the model)
+            self.apply_to: str | tuple[str, ...] = apply_to if apply_to in APPLY_TO else (apply_to,)
+        elif isinstance(apply_to, Sequence) and apply_to and all(isinstance(m, str) for m in apply_to):
+            if len(set(apply_to)) != len(apply_to):
+                raise InputError(f"jr: apply_to names a modality twice: {list(apply_to)}")
+            self.apply_to = tuple(apply_to)
+        else:
+            raise InputError(f"jr: apply_to must be one of {', '.join(APPLY_TO)}, a modality or a non-empty list of "
+                             f"modalities, got {apply_to!r}")
+        if self.apply_to == "select" and gamma != "auto":
+            raise InputError("jr: apply_to='select' chooses on the validation split together with γ: use gamma='auto'")
+        if isinstance(extend, bool) or not isinstance(extend, int) or extend < 0:
+            raise InputError(f"jr: extend must be an integer >= 0, got {extend!r}")
+        self.extend = extend
 
     def params(self) -> dict[str, Any]:
         """γ (or ``auto`` with the selection settings), the Jacobian mode and the precision."""
         out: dict[str, Any] = {"gamma": self.gamma, "jacobian": self.jacobian, "precision": self.precision}
+        if self.apply_to != "all":  # the default is left out: ids of existing runs stay as they were
+            out["apply_to"] = self.apply_to if isinstance(self.apply_to, str) else "/".join(self.apply_to)
         if self.gamma == "auto":
             eps = (
                 self.select_eps
@@ -205,6 +255,8 @@ class JR(Defense):
                 select_samples=self.select_samples,
                 max_clean_drop=self.max_clean_drop,
             )
+            if self.extend != 3:
+                out["extend"] = self.extend
         return out
 
     def attack_variants(
@@ -238,6 +290,10 @@ class JR(Defense):
             kind = type(model.fusion.heads[other[0]]).__name__
             raise InputError(f"jr: jacobian={self.jacobian!r} needs linear per-modality heads (G_m = A_m, the head's "
                              f"weight); the head of {other[0]!r} is a {kind}: use jacobian='logits'")
+        if isinstance(self.apply_to, tuple):
+            bad = [m for m in self.apply_to if m not in model.modalities]
+            if bad:
+                raise InputError(f"jr: apply_to names unknown modalities {bad}; the model has {model.modalities}")
         if isinstance(self.select_eps, dict):
             bad = [m for m in self.select_eps if m not in model.modalities]
             if bad:
@@ -257,15 +313,19 @@ class JR(Defense):
         self.check(model)
         t0 = time.perf_counter()
         if self.gamma != "auto":
-            defended = build_jr_model(model, float(self.gamma), self.jacobian, self.precision)
-            return self._mark(defended, {"gamma": float(self.gamma), "jacobian": self.jacobian})
+            form = self.forms(model)[0]
+            defended = build_jr_model(model, float(self.gamma), self.jacobian, self.precision, form)
+            return self._mark(defended, {"gamma": float(self.gamma), "jacobian": self.jacobian,
+                                         **self._apply_to_info(form)})
         if not isinstance(getattr(data, "val", None), MultimodalDataset) or len(data.val) == 0:
             raise InputError("jr: gamma='auto' chooses γ on the validation split; data.val is missing or empty")
         selection = self.select(model, data.val, seed=seed, quiet=quiet)
-        defended = build_jr_model(model, selection["gamma"], self.jacobian, self.precision)
+        form = None if selection["apply_to"] == "all" else tuple(selection["apply_to"].split("/"))
+        defended = build_jr_model(model, selection["gamma"], self.jacobian, self.precision, form)
         info = {
             "gamma": selection["gamma"],
             "jacobian": self.jacobian,
+            **self._apply_to_info(form),
             "selection": selection,
             "seconds": round(time.perf_counter() - t0, 2),
         }
@@ -276,7 +336,16 @@ class JR(Defense):
         self.check(model)
         info = dict(info or {})
         gamma = float(info.get("gamma", self.gamma if self.gamma != "auto" else self.gammas[-1]))
-        return self._mark(build_jr_model(model, gamma, self.jacobian, self.precision), info)
+        if "apply_to" in info:
+            form = tuple(info["apply_to"])
+        else:
+            form = self.forms(model)[0] if self.apply_to != "select" else None
+        return self._mark(build_jr_model(model, gamma, self.jacobian, self.precision, form), info)
+
+    @staticmethod
+    def _apply_to_info(form: tuple[str, ...] | None) -> dict[str, Any]:
+        """``defense_info`` entries for the modalities W applies to (none when it applies to all)."""
+        return {} if form is None else {"apply_to": list(form)}
 
     def selection_attacks(self, model: MultimodalModel) -> list[Condition]:
         """The single-source PGD attacks of the γ selection, one per attacked modality."""
@@ -308,7 +377,11 @@ class JR(Defense):
     def select(
         self, model: MultimodalModel, val: MultimodalDataset, *, seed: int = 0, quiet: bool = True
     ) -> dict[str, Any]:
-        """Run the γ sweep on the first ``select_samples`` samples of ``val`` (criterion in the module docstring)."""
+        """Run the γ sweep on the first ``select_samples`` samples of ``val`` (criterion in the module docstring).
+
+        With ``apply_to="select"`` every γ is tried with every form (W on all modalities, or on one);
+        while the smallest γ tried wins, the grid is extended by a decade below it (at most ``extend`` times).
+        """
         n = min(self.select_samples, len(val))
         subset = val.subset(list(range(n)))
         attacks = self.selection_attacks(model)
@@ -316,10 +389,14 @@ class JR(Defense):
         base = evaluate(model, subset, attacks, seed=seed, checks=False)
         base_clean = base.correct()
         base_robust = np.logical_and.reduce([base.correct(a.id) for a in attacks] + [base_clean])
-        defended = build_jr_model(model, self.gammas[-1], self.jacobian, self.precision)
-        rows = []
-        for g in self.gammas:
+        forms = self.forms(model)
+        defended = build_jr_model(model, self.gammas[-1], self.jacobian, self.precision, forms[0])
+        cap = max(self.max_clean_drop, 1.0 / n)  # losing a single validation sample is always tolerated
+        floor = float(base_clean.mean()) - cap
+
+        def point(g: float, form: tuple[str, ...] | None) -> dict[str, Any]:
             set_gamma(defended, g)
+            set_apply_to(defended, form)
             res = evaluate(defended, subset, transfers, seed=seed, checks=False)
             clean = res.correct()
             per_mode = {"transfer": np.logical_and.reduce([res.correct(t.id) for t in transfers] + [clean])}
@@ -328,32 +405,51 @@ class JR(Defense):
                     r = evaluate(defended, subset, attacks, seed=seed, checks=False)
                 per_mode[mode] = np.logical_and.reduce([r.correct(a.id) for a in attacks] + [clean])
             robust = np.logical_and.reduce(list(per_mode.values()))
-            rows.append(
-                {
-                    "gamma": g,
-                    "clean_val": float(clean.mean()),
-                    "robust_val": float(robust.mean()),
-                    **{f"robust_val/{k}": float(v.mean()) for k, v in per_mode.items()},
-                }
-            )
+            row = {
+                "gamma": g,
+                "apply_to": "all" if form is None else "/".join(form),
+                "clean_val": float(clean.mean()),
+                "robust_val": float(robust.mean()),
+                **{f"robust_val/{k}": float(v.mean()) for k, v in per_mode.items()},
+            }
             if not quiet:
-                print(f"jr: gamma={g:g} clean={rows[-1]['clean_val']:.3f} robust={rows[-1]['robust_val']:.3f}")
-        cap = max(self.max_clean_drop, 1.0 / n)  # losing a single validation sample is always tolerated
-        floor = float(base_clean.mean()) - cap
-        ok = [r for r in rows if r["clean_val"] >= floor - 1e-12]
-        if ok:
-            best = max(ok, key=lambda r: (r["robust_val"], r["gamma"]))
-            reason = "highest robust validation accuracy within the clean-accuracy cap"
+                print(f"jr: gamma={g:g} apply_to={row['apply_to']} clean={row['clean_val']:.3f} "
+                      f"robust={row['robust_val']:.3f}")
+            return row
+
+        def choose(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
+            ok = [r for r in rows if r["clean_val"] >= floor - 1e-12]
+            if ok:  # ties: the larger γ, then weighting every modality (the smaller departures from the paper)
+                return (max(ok, key=lambda r: (r["robust_val"], r["gamma"], r["apply_to"] == "all")),
+                        "highest robust validation accuracy within the clean-accuracy cap")
+            return (max(rows, key=lambda r: (r["clean_val"], r["gamma"], r["apply_to"] == "all")),
+                    "no γ met the clean-accuracy cap; highest clean validation accuracy")
+
+        rows = [point(g, f) for g in self.gammas for f in forms]
+        best, reason = choose(rows)
+        extended: list[float] = []
+        while best["gamma"] == min(r["gamma"] for r in rows) and len(extended) < self.extend:
+            g = best["gamma"] / 10.0  # the choice sits on the grid's lower edge: look one decade further
+            extended.append(g)
+            rows += [point(g, f) for f in forms]
+            best, reason = choose(rows)
+        gammas = sorted({r["gamma"] for r in rows})
+        if best["gamma"] == gammas[0]:
+            edge = "lower edge (extend exhausted)" if len(gammas) > 1 else "only value"
+        elif best["gamma"] == gammas[-1]:
+            edge = "upper edge: the undefended limit (W -> I as gamma grows), JR changes little here"
         else:
-            best = max(rows, key=lambda r: (r["clean_val"], r["gamma"]))
-            reason = "no γ met the clean-accuracy cap; highest clean validation accuracy"
+            edge = "interior"
         return {
             "gamma": best["gamma"],
+            "apply_to": best["apply_to"],
             "reason": reason,
+            "edge": edge,
+            "extended": extended,
             "criterion": (
                 "max robust_val (per-sample worst case over transfer / bpda / full PGD on each attacked modality) "
                 f"subject to clean_val >= undefended clean_val - max(max_clean_drop, 1/n) = - {cap:.4g}; "
-                "ties -> larger gamma"
+                "ties -> larger gamma, then apply_to=all"
             ),
             "clean_drop_cap": cap,
             "n": n,
@@ -362,5 +458,13 @@ class JR(Defense):
             "sweep": rows,
         }
 
+    def forms(self, model: MultimodalModel) -> list[tuple[str, ...] | None]:
+        """The modality sets W may apply to: ``[None]`` (all), the fixed set, or all and each one (``select``)."""
+        if self.apply_to == "all":
+            return [None]
+        if self.apply_to == "select":
+            return [None, *[(m,) for m in model.modalities]]
+        return [tuple(self.apply_to)]
 
-__all__ = ["ATTACK_MODES", "DEFAULT_GAMMAS", "JR", "build_jr_model", "set_gamma"]
+
+__all__ = ["APPLY_TO", "ATTACK_MODES", "DEFAULT_GAMMAS", "JR", "build_jr_model", "set_apply_to", "set_gamma"]

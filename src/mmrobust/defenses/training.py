@@ -82,7 +82,13 @@ def _typed(defense: str, key: str, value: Any) -> Any:
         return float(value)
     if str in kinds and isinstance(value, str):
         return value
-    want = " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)
+    choices = [c for k in kinds if typing.get_origin(k) is typing.Literal for c in typing.get_args(k)]
+    if value in choices:
+        return value
+    want = " or ".join(_TYPE_NAMES.get(k, getattr(k, "__name__", str(k))) for k in kinds
+                       if typing.get_origin(k) is not typing.Literal)
+    if choices:
+        want = " or ".join([*([want] if want else []), "one of " + ", ".join(map(repr, choices))])
     raise InputError(f"{defense}: train[{key!r}] must be {want}, got {value!r}")
 
 

@@ -61,6 +61,23 @@ MODES: tuple[str, ...] = ("full", "bpda")
 PRECISIONS: tuple[str, ...] = ("float64", "float32")
 
 
+def check_apply_to(apply_to: Sequence[str] | None, names: Sequence[str], who: str) -> tuple[str, ...] | None:
+    """``apply_to`` as a tuple of known modality names (``None`` stays ``None``: every modality).
+
+    Raises:
+        InputError: not a list of names, empty, repeated or unknown names.
+    """
+    if apply_to is None:
+        return None
+    if isinstance(apply_to, (str, bytes)) or not isinstance(apply_to, Sequence):
+        raise InputError(f"{who}: apply_to must be a list of modality names, got {apply_to!r}")
+    out = tuple(str(m) for m in apply_to)
+    bad = [m for m in out if m not in names]
+    if not out or bad or len(set(out)) != len(out):
+        raise InputError(f"{who}: apply_to must name distinct modalities among {list(names)}, got {list(out)}")
+    return out
+
+
 class _InputTape:
     """Per modality, the inputs that produced live embeddings (for ``jacobian="input"``).
 
@@ -153,10 +170,20 @@ class JRFusion(LateFusion):
         jacobian: ``logits``, ``features`` or ``input`` (see the module docstring).
         precision: ``float64`` (default; the solve runs in double precision and the logits are cast
             back) or ``float32``.
+        apply_to: The modalities whose logits get their W_m (the others pass through, W = I);
+            ``None`` (default) weights every modality. The paper's late fusion applies W to the
+            perturbed modality: ``apply_to=[m]`` evaluated under attacks on ``m`` alone is that
+            setting, an **oracle** (the defender is told which modality is attacked).
 
     Shapes:
         ``forward(z)``: ``z[m]`` (N, dims[m]) -> fused logits (N, K); aux holds ``unimodal_logits``
         ``{m: (N, K)}``, ``undefended_logits`` s₀ (N, K) and ``jr_mode``.
+
+    Example:
+        >>> f = JRFusion(["image", "audio"], {"image": 4, "audio": 4}, 3, gamma=1e-2, apply_to=["audio"])
+        >>> fused, aux = f({"image": torch.randn(2, 4), "audio": torch.randn(2, 4)})
+        >>> fused.shape
+        torch.Size([2, 3])
     """
 
     supports_drop: ClassVar[bool] = True
@@ -173,8 +200,10 @@ class JRFusion(LateFusion):
         gamma: float = 1.0,
         jacobian: str = "logits",
         precision: str = "float64",
+        apply_to: Sequence[str] | None = None,
     ) -> None:
         super().__init__(names, dims, num_classes, prior=prior)
+        self.apply_to = check_apply_to(apply_to, names, "jr fusion")
         self.gamma = sv.check_gamma(gamma, "jr fusion")
         if jacobian not in JACOBIANS:
             raise InputError(f"jr fusion: unknown jacobian {jacobian!r}; choose one of {', '.join(JACOBIANS)}")
@@ -188,6 +217,14 @@ class JRFusion(LateFusion):
         self._continuous: list[str] = []
 
     # ------------------------------------------------------------------------------ switches
+    def applies_to(self, m: str) -> bool:
+        """Whether modality ``m``'s logits get their W_m (``apply_to``)."""
+        return self.apply_to is None or m in self.apply_to
+
+    def set_apply_to(self, apply_to: Sequence[str] | None) -> None:
+        """Change the modalities W applies to, in place (validated; ``None``: all)."""
+        self.apply_to = check_apply_to(apply_to, self.names, "jr fusion")
+
     def set_gamma(self, gamma: float) -> None:
         """Change γ in place (validated)."""
         self.gamma = sv.check_gamma(gamma, "jr fusion")
@@ -244,13 +281,18 @@ class JRFusion(LateFusion):
         bpda = self.mode == "bpda"
         if bpda:
             p0 = p0.detach()
-        if self.jacobian == "logits":  # one W for every modality: W Σ_m z_m, a single O(K) solve
-            total = sv.jr_apply(p0, torch.stack(list(uni.values()), 0).to(dt).sum(0), self.gamma)
+        mine = [m for m in uni if self.applies_to(m)]
+        if self.jacobian == "logits":  # one W for every modality it applies to: W Σ_m z_m, a single O(K) solve
+            rest = [uni[m].to(dt) for m in uni if m not in mine]
+            total = sv.jr_apply(p0, torch.stack([uni[m] for m in mine], 0).to(dt).sum(0), self.gamma) if mine else 0
+            total = total + sum(rest) if rest else total
             return total.to(s0.dtype) - shift, {"unimodal_logits": uni, "undefended_logits": s0, "jr_mode": self.mode}
         total = torch.zeros_like(p0)
         for m, zm in uni.items():
             zd = zm.to(dt)
-            if self.jacobian == "features" or m not in self._continuous:
+            if m not in mine:  # passes through (W = I)
+                total = total + zd
+            elif self.jacobian == "features" or m not in self._continuous:
                 total = total + sv.jr_apply(p0, zd, self.gamma, self._weight_gram(m, dt))
             else:
                 gram = self._input_gram(m, z[m], dt, create=not bpda)
@@ -289,6 +331,8 @@ class JRFusion(LateFusion):
         top = s0.to(dt).topk(2, dim=1).values
         slack = torch.zeros_like(top[:, 0])
         for m, zm in uni.items():
+            if not self.applies_to(m):  # W = I: no change from this modality
+                continue
             zd = zm.to(dt)
             if self.jacobian == "logits":
                 b = sv.weight_deviation_bound(p0, self.gamma, 1.0, logits=True)
@@ -364,4 +408,4 @@ def bind_input_jacobians(model: Any) -> Any:
     return model
 
 
-__all__ = ["JACOBIANS", "MODES", "PRECISIONS", "JRFusion", "bind_input_jacobians", "jr_mode"]
+__all__ = ["JACOBIANS", "MODES", "PRECISIONS", "JRFusion", "bind_input_jacobians", "check_apply_to", "jr_mode"]
