@@ -302,14 +302,7 @@ def soundness(model: Any, data: Any, args: argparse.Namespace) -> dict[str, Any]
     tau = torch.stack([direction_lipschitz(model, "sound").per_class[m] for m in CONT])
     crmt, _, _ = C.crmt_radii(cert.margin, cert.label, crmt_scales(model, CONT).detach(), tau)
     out = {"n": int(idx.numel()), "crmt_le_generic": float((crmt <= cert.joint * (1 + 1e-9)).double().mean())}
-    for which, radius, mods in [("joint", cert.joint, CONT), ("image", cert.single["image"], "image"),
-                                ("audio", cert.single["audio"], "audio"), ("joint (CRMT radius)", crmt, CONT)]:
-        t = time.perf_counter()
-        res = C.attack_within_radius(model, x, radius, modalities=mods, steps=50, restarts=2, seed=args.seed)
-        out[which] = {"attacked": int(res.attacked.sum()), "violations": res.violations,
-                      "median_eps": float(res.eps[res.attacked].median()) if bool(res.attacked.any()) else 0.0,
-                      "seconds": round(time.perf_counter() - t, 1)}
-        print(f"soundness {which}: {res.violations} violations / {int(res.attacked.sum())}", flush=True)
+    out.update(_attack_radii(model, x, cert, args, "soundness", extra=[("joint (CRMT radius)", crmt, CONT)]))
     return out
 
 
@@ -321,15 +314,21 @@ def falsify_empirical(model: Any, data: Any, lip_split: Any, args: argparse.Name
     idx = torch.arange(min(args.falsify_n, len(data.test)))
     x, _ = data.test.batch(idx)
     cert = C.certify(model, x, lipschitz=C.empirical_lipschitz(model, lip_split))
-    out: dict[str, Any] = {"n": int(idx.numel())}
+    return {"n": int(idx.numel()), **_attack_radii(model, x, cert, args, "empirical falsification")}
+
+
+def _attack_radii(model: Any, x: Any, cert: Any, args: argparse.Namespace, label: str,
+                  extra: list[tuple[str, Any, Any]] = ()) -> dict[str, Any]:
+    """PGD-ℓ2 inside the joint, image and audio radii of ``cert`` (and ``extra`` radii): changed predictions."""
+    out: dict[str, Any] = {}
     for which, radius, mods in [("joint", cert.joint, CONT), ("image", cert.single["image"], "image"),
-                                ("audio", cert.single["audio"], "audio")]:
+                                ("audio", cert.single["audio"], "audio"), *extra]:
         t = time.perf_counter()
         res = C.attack_within_radius(model, x, radius, modalities=mods, steps=50, restarts=2, seed=args.seed)
         out[which] = {"attacked": int(res.attacked.sum()), "violations": res.violations,
                       "median_eps": float(res.eps[res.attacked].median()) if bool(res.attacked.any()) else 0.0,
                       "seconds": round(time.perf_counter() - t, 1)}
-        print(f"empirical falsification {which}: {res.violations} violations / {int(res.attacked.sum())}", flush=True)
+        print(f"{label} {which}: {res.violations} violations / {int(res.attacked.sum())}", flush=True)
     return out
 
 

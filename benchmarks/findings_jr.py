@@ -126,6 +126,8 @@ def main() -> None:
     ap.add_argument("--val-n", type=int, default=500, help="validation samples for the ε search")
     ap.add_argument("--jacobians", nargs="+", default=["logits", "features", "input"])
     ap.add_argument("--forms", nargs="+", default=list(FORMS), choices=FORMS)
+    ap.add_argument("--input-forms", nargs="+", default=None, choices=FORMS,
+                    help="forms for jacobian='input' (default: --forms; each costs K vector-Jacobian products)")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--restarts", type=int, default=2, help="PGD restarts of the evaluation attack")
     ap.add_argument("--select-samples", type=int, default=512, help="validation samples for the γ selection")
@@ -152,7 +154,8 @@ def main() -> None:
     print(f"threat: PGD-{args.steps} on {target} at eps={eps} (val sweep {threat['sweep']})", flush=True)
     attack = pgd(target, eps, args.steps, args.restarts)
     rows = []
-    for jac, form in [(j, f) for j in args.jacobians for f in args.forms]:
+    forms = {j: (args.input_forms or args.forms) if j == "input" else args.forms for j in args.jacobians}
+    for jac, form in [(j, f) for j in args.jacobians for f in forms[j]]:
         n = args.input_n if jac == "input" else args.n
         test = data.test.subset(list(range(min(n, len(data.test)))))
         base = mr.evaluate(late, test, [attack], seed=args.seed, checks=False)
@@ -205,6 +208,8 @@ def _command(args: argparse.Namespace) -> str:
         parts.append("--jacobians " + " ".join(args.jacobians))
     if args.forms != list(FORMS):
         parts.append("--forms " + " ".join(args.forms))
+    if args.input_forms:
+        parts.append("--input-forms " + " ".join(args.input_forms))
     return " ".join(parts)
 
 

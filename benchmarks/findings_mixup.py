@@ -105,6 +105,22 @@ def robust_row(model: Any, test: Any, steps: int, seed: int) -> dict[str, Any]:
     for m in model.modalities:
         out[m] = 1.0 - float(res.samples[f"info/{each.id}/success/{m}"].mean())
     out["flags"] = [f"{f['name']}: {f['message']}" for f in res.flags]
+    out.update(universal_row(model, test, seed))
+    return out
+
+
+def universal_row(model: Any, test: Any, seed: int) -> dict[str, Any]:
+    """GEOM's own threat: one universal δ per modality, fitted on the evaluated samples (10 epochs of PGD).
+
+    ``universal/<m>``: accuracy with modality m's universal δ; ``universal_each``: correct under every one.
+    """
+    atks = {m: mr.attacks.create("universal", modalities=m, eps=EPS[m], epochs=10,
+                                 token_surface="embedding" if model.spec[m].is_tokens else None)
+            for m in model.modalities}
+    res = mr.evaluate(model, test, list(atks.values()), seed=seed, checks=False)
+    ok = [res.correct(a.id) for a in atks.values()]
+    out = {f"universal/{m}": float(c.mean()) for m, c in zip(atks, ok, strict=True)}
+    out["universal_each"] = float(np.logical_and.reduce([res.correct(), *ok]).mean())
     return out
 
 
@@ -376,6 +392,15 @@ def in_short(rows: list[dict[str, Any]], uni_rows: list[dict[str, Any]]) -> list
             d = bm["each"] - plain["each"]
             text += f"; against plain training ({pct(plain['each'])}%) mix-up {'gains' if d >= 0 else 'loses'} " \
                     f"{abs(100 * d):.1f} points"
+        if all("universal_each" in r for r in mix + ats):  # GEOM's own threat: universal perturbations
+            um = max(mix, key=lambda r: r["universal_each"])
+            ua = max(ats, key=lambda r: r["universal_each"])
+            uholds = um["universal_each"] >= ua["universal_each"] - COMPARABLE
+            text += (f". Under GEOM's own threat (one universal δ per modality, worst over the modalities) it "
+                     f"{'holds' if uholds else 'does not hold'}: best mix-up (`{um['key']}`) "
+                     f"{pct(um['universal_each'])}% against best AT (`{ua['key']}`) {pct(ua['universal_each'])}%")
+            if plain is not None and "universal_each" in plain:
+                text += f", plain training {pct(plain['universal_each'])}%"
         out.append(text + ".")
     for fusion in dict.fromkeys(u["fusion"] for u in uni_rows):
         us = [u for u in uni_rows if u["fusion"] == fusion]

@@ -210,8 +210,10 @@ def test_input_mode_finds_inputs_of_row_blocks_and_refuses_foreign_embeddings(to
         full = model.logits_from_embeddings(z)
         part = model.logits_from_embeddings({m: v[4:8] for m, v in z.items()})
         torch.testing.assert_close(part, full[4:8], atol=1e-5, rtol=1e-5)
+        copied = model.logits_from_embeddings({**z, "audio": z["audio"].clone()})  # a copy: matched by value
+        torch.testing.assert_close(copied, full)
         with pytest.raises(UnsupportedError, match="not produced by this model's encoder"):
-            model.logits_from_embeddings({**z, "audio": z["audio"].clone()})
+            model.logits_from_embeddings({**z, "audio": z["audio"] + 1e-3})
     # checkpoints round-trip the weights and γ; loading re-binds the hooks
     path = mr.models.save(model, tmp_path / "jr_input.pt")
     loaded = mr.models.load(path)
@@ -464,3 +466,41 @@ def test_select_sweeps_every_form_and_extends_the_lower_edge(toy_late, toy_data)
     assert sel["edge"] in ("interior", "lower edge (extend exhausted)") or sel["edge"].startswith("upper edge")
     none = JR(gammas=[1e-3], extend=0, select_samples=8, select_steps=1).apply(toy_late, toy_data)
     assert none.defense_info["selection"]["extended"] == [] and none.defense_info["selection"]["edge"] == "only value"
+
+
+@pytest.mark.parametrize("apply_to", [None, "one"])
+def test_input_mode_survives_evaluate_with_cached_and_gathered_embeddings(toy_late, toy_data, apply_to):
+    """mr.evaluate hands JR gathered copies of cached clean embeddings (PGD steps only unbroken rows).
+
+    The fusion must trace them back to their inputs (it once raised "was not produced by this model's
+    encoder"), and the gram it builds from them is the one at the sample's own input.
+    """
+    test = toy_data.test.subset(list(range(40)))
+    m = next(n for n in toy_late.modalities if not toy_late.spec[n].is_tokens)
+    model = build_jr_model(toy_late, 0.1, "input", apply_to=None if apply_to is None else [m])
+    pgd = mr.attacks.create("pgd", modalities=m, eps=0.3, steps=4)
+    for mode in ("bpda", "full"):
+        with jr_mode(model, mode):
+            res = mr.evaluate(model, test, [pgd], checks=False)
+        broken = ~res.correct(pgd.id) & res.correct()
+        assert 0 < broken.sum() < res.correct().sum()  # some rows stop early: the attack gathers the rest
+    x, _ = test.batch(torch.arange(len(test)))
+    with torch.no_grad():
+        z = model.encode(x)
+        rows = torch.tensor([5, 1, 5, 30])
+        gathered = {k: v[rows] for k, v in z.items()}  # copies, as an attack's subset of the clean cache
+        fused_rows, _ = model.fusion(gathered)
+        fused_all, _ = model.fusion(z)
+    torch.testing.assert_close(fused_rows, fused_all[rows])
+
+
+def test_equal_rows_finds_gathered_copies_and_refuses_strangers():
+    from mmrobust.models.fusion.jr import _equal_rows
+
+    out = torch.randn(7, 5)
+    idx = torch.tensor([4, 0, 4, 6])
+    assert torch.equal(_equal_rows(out[idx].clone(), out, chunk=3), idx)
+    other = out[idx].clone()
+    other[2, 1] += 1e-6
+    assert _equal_rows(other, out) is None
+    assert _equal_rows(out[idx].double(), out) is None

@@ -106,7 +106,11 @@ class _InputTape:
         self.records[name] = alive
 
     def find(self, name: str, z: Tensor) -> Tensor | None:
-        """The input rows that produced ``z`` (the recorded embedding itself, or a row block of it)."""
+        """The input rows that produced ``z``.
+
+        ``z`` is the recorded embedding itself, a row block of it (a view), or rows gathered from it
+        (a copy, matched by value: bit-identical rows).
+        """
         for ref, x in reversed(self.records.get(name, [])):
             out = ref()
             if out is None:
@@ -126,6 +130,13 @@ class _InputTape:
                     r0 = off // out.stride(0)
                     if r0 >= 0 and r0 + z.shape[0] <= out.shape[0]:
                         return x[r0 : r0 + z.shape[0]]
+        for ref, x in reversed(self.records.get(name, [])):  # gathered rows (z = out[index]): match by value
+            out = ref()
+            if out is None or z.dim() != 2 or z.shape[1] != out.shape[1] or z.device != out.device:
+                continue
+            rows = _equal_rows(z.detach(), out.detach())
+            if rows is not None:
+                return x[rows]
         return None
 
     @contextlib.contextmanager
@@ -135,6 +146,23 @@ class _InputTape:
             yield
         finally:
             self.paused = old
+
+
+def _equal_rows(z: Tensor, out: Tensor, chunk: int = 256) -> Tensor | None:
+    """For each row of ``z``, the index of a bit-identical row of ``out``; ``None`` if some row has none.
+
+    Attacks gather the clean embeddings of the samples they still work on (``z = out[index]``, a copy);
+    an identical row is the encoder's output at that sample, so its input is the one to differentiate.
+    """
+    if z.dtype != out.dtype:
+        return None
+    found = []
+    for i in range(0, z.shape[0], chunk):
+        eq = (z[i : i + chunk, None, :] == out[None, :, :]).all(-1)  # (chunk, N)
+        if not bool(eq.any(1).all()):
+            return None
+        found.append(eq.to(torch.int8).argmax(1))
+    return torch.cat(found) if found else torch.zeros(0, dtype=torch.long, device=z.device)
 
 
 class _RecordHook:
