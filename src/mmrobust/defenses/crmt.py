@@ -156,7 +156,7 @@ class CRMT(Defense):
         radius_lr: Step-2 Adam learning rate (on the raw parameters of a^(m)).
         eps: ``AT``: radius of the joint ℓ2 ball over the continuous modalities, in input units
             (MM-Digits: image and audio values in [0, 1]; at 0.5, joint PGD-CW takes the plain late
-            model from 99.2 % to 76 %, see ``docs/findings_crmt.md``).
+            model from 97.2 % to 76.8 %, see ``docs/findings_crmt.md``).
         attack_steps: ``AT``: PGD steps (step size eps / attack_steps).
         lipschitz: Kind of τ̃ used in step 2: ``empirical`` (the paper) or ``sound``.
         lipschitz_samples: Training samples for the ``empirical`` τ̃ (the first n; ``None``: all).
