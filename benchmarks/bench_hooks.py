@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import subprocess
 import time
 
 import numpy as np
@@ -42,21 +40,15 @@ import mmrobust as mr
 from mmrobust.attacks import EvalContext
 from mmrobust.attacks.corruptions import corruption_grid
 from mmrobust.examples.multibench import mmdigits_mmdl
+from mmrobust.utils.provenance import cpu_model
 
 ORDER = ["image", "audio", "text"]
 EPS = {"image": 0.1, "audio": 0.05, "text": 0.5}  # the larger radii of the default run's grid
 
 
 def cpu_name() -> str:
-    """``lscpu``'s model name (the platform's processor string if lscpu is missing)."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown"
+    """The CPU model and core count (recorded with every timing)."""
+    return cpu_model()
 
 
 def timed(attack, model, x, y, stats) -> tuple[float, object]:

@@ -164,7 +164,7 @@ def test_one_modality_model_is_refused(toy_data):
         ({"train": {"lr": 0}}, r"ooo: invalid train settings: lr=0 \(Input should be greater than 0\)"),
         ({"train": {"batch_size": 1.5}}, r"ooo: train\['batch_size'\] must be an integer, got 1.5"),
         ({"train": {"lrr": 0.1}}, "ooo: unknown train setting 'lrr'; train accepts batch_size, lr, weight_decay, "
-                                  "optimizer, momentum, patience, tensorboard$"),
+                                  "optimizer, momentum, lr_step, lr_gamma, patience, tensorboard$"),
         ({"train": {"unimodal_loss": 1.0}}, r"ooo: train\['unimodal_loss'\] does not apply"),
         ({"train": {"modality_dropout": 0.2}}, r"ooo: train\['modality_dropout'\] is not supported"),
         ({"train": {"epochs": 3}}, r"ooo: train\['epochs'\] is set by the defence; use the epochs hyper-parameter"),

@@ -132,6 +132,21 @@ def test_sgd_optimizer_takes_momentum_and_weight_decay(toy, monkeypatch):
         mr.train(model, toy, optimizer="sgd", momentum=1.5)
 
 
+def test_step_schedule_decays_the_learning_rate(toy):
+    model = mr.models.create("late", toy.spec, seed=0)
+    res = mr.train(model, toy, epochs=5, optimizer="sgd", lr=0.05, lr_step=2, lr_gamma=0.5, quiet=True)
+    assert [h["lr"] for h in res.history] == pytest.approx([0.05, 0.05, 0.025, 0.025, 0.0125])
+    constant = mr.train(mr.models.create("late", toy.spec, seed=0), toy, epochs=3, quiet=True)
+    assert [h["lr"] for h in constant.history] == [2e-3] * 3  # no schedule by default
+    # the same schedule, the same numbers; a different one changes the run
+    again = mr.train(mr.models.create("late", toy.spec, seed=0), toy, epochs=5, optimizer="sgd", lr=0.05,
+                     lr_step=2, lr_gamma=0.5, quiet=True)
+    assert again.history == res.history
+    for bad in ({"lr_step": 0}, {"lr_gamma": 0.0}, {"lr_gamma": 1.5}):
+        with pytest.raises(mr.ConfigError, match=next(iter(bad))):
+            mr.train(model, toy, epochs=1, quiet=True, **bad)
+
+
 def test_crmt_takes_the_authors_recipe(toy):
     from mmrobust.defenses.crmt import AUTHORS_RECIPE
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import subprocess
 import sys
@@ -45,12 +46,32 @@ def versions() -> dict[str, str]:
     }
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's model name and core count, e.g. ``"AMD EPYC 7B13, 2 cores"``.
+
+    Results on one CPU family are not bit-identical to another's (torch's kernels round differently
+    with other vector instructions), so every result records the machine it was measured on.
+    """
+    name = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    name = name or platform.processor() or "unknown CPU"
+    return f"{name}, {os.cpu_count()} cores"
+
+
 def provenance() -> dict[str, Any]:
-    """Versions, git SHA, platform and thread count."""
+    """Versions, git SHA, platform, CPU model and thread count."""
     return {
         "versions": versions(),
         "git_sha": git_sha(),
         "platform": platform.platform(),
+        "cpu": cpu_model(),
         "torch_threads": torch.get_num_threads(),
         "argv": list(sys.argv),
     }
