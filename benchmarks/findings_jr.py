@@ -20,7 +20,11 @@ Gao et al., arXiv 2204.02485; methods.md §2. Steps, all seeded:
    vector-Jacobian products per forward): clean accuracy and PGD-20 accuracy (1) transferred from the
    undefended model, (2) BPDA (W detached), (3) full white-box through the solve; the reported robust
    accuracy is the per-sample worst case (a sample counts only if it is correct clean and under all
-   three). The undefended model is attacked with the same PGD on the same samples.
+   three). The undefended model is attacked with the same PGD on the same samples. With ``--auto``
+   (a version; ``none`` leaves it out) the standard evaluation ``auto`` at the same threat joins the
+   worst case, made adaptive to JR inside its list (APGD-CE and APGD-T each as transfer / BPDA /
+   full, then Square), and the undefended model gets plain ``auto`` too; ``--auto-jacobians`` says
+   for which Jacobian modes (``input`` costs K vector-Jacobian products per forward).
 
 Usage::
 
@@ -32,6 +36,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -89,7 +94,7 @@ def find_threat(late, val, seed: int, steps: int) -> dict:
             "val_clean": res.accuracy(), "seconds": round(time.perf_counter() - t, 1)}
 
 
-def evaluate_jr(defended, late, test, attack, seed: int) -> dict:
+def evaluate_jr(defended, late, test, attack, seed: int, jr: JR | None = None, auto: Any = None) -> dict:
     transfer = Transfer(attack, late, source_name="undefended late")
     t = time.perf_counter()
     res_t = mr.evaluate(defended, test, [transfer], seed=seed, checks=False)
@@ -100,8 +105,15 @@ def evaluate_jr(defended, late, test, attack, seed: int) -> dict:
             r = mr.evaluate(defended, test, [attack], seed=seed, name=f"late+jr[{mode}]")
         out[mode] = r.correct(attack.id)
         flags += [f"{mode}: [{f['name']}] {f['message']}" for f in r.flags]
-    worst = out["clean"] & out["transfer"] & out["bpda"] & out["full"]
-    strongest = {m: int((out["clean"] & ~out[m]).sum()) for m in ("transfer", "bpda", "full")}
+    kinds = ["transfer", "bpda", "full"]
+    if auto is not None and jr is not None:  # the standard evaluation, adaptive to JR inside its list
+        adaptive = jr.adaptive(auto, late)
+        r = mr.evaluate(defended, test, [adaptive], seed=seed, name="late+jr[auto]")
+        out["auto"] = r.correct(adaptive.id)
+        flags += [f"auto: [{f['name']}] {f['message']}" for f in r.flags]
+        kinds.append("auto")
+    worst = np.logical_and.reduce([out["clean"], *(out[k] for k in kinds)])
+    strongest = {m: int((out["clean"] & ~out[m]).sum()) for m in kinds}
     only = {m: int((out["clean"] & ~out[m] & np.logical_and.reduce([out[o] for o in strongest if o != m])).sum())
             for m in strongest}
     return {
@@ -109,6 +121,7 @@ def evaluate_jr(defended, late, test, attack, seed: int) -> dict:
         "transfer": float(out["transfer"].mean()),
         "bpda": float(out["bpda"].mean()),
         "full": float(out["full"].mean()),
+        **({"auto": float(out["auto"].mean())} if "auto" in out else {}),
         "worst_case": float(worst.mean()),
         "broken_by": strongest,
         "broken_only_by": only,
@@ -130,6 +143,10 @@ def main() -> None:
                     help="forms for jacobian='input' (default: --forms; each costs K vector-Jacobian products)")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--restarts", type=int, default=2, help="PGD restarts of the evaluation attack")
+    ap.add_argument("--auto", default="none", choices=["none", *sorted(mr.attacks.auto.PRESETS)],
+                    help="version of the standard evaluation added to the worst case (none: PGD only)")
+    ap.add_argument("--auto-jacobians", nargs="+", default=["logits", "features"],
+                    help="Jacobian modes evaluated with --auto as well")
     ap.add_argument("--select-samples", type=int, default=512, help="validation samples for the γ selection")
     ap.add_argument("--select-samples-input", type=int, default=64, help="the same for jacobian='input'")
     ap.add_argument("--epochs", type=int, default=20)
@@ -153,12 +170,15 @@ def main() -> None:
     target, eps = threat["modality"], threat["eps"]
     print(f"threat: PGD-{args.steps} on {target} at eps={eps} (val sweep {threat['sweep']})", flush=True)
     attack = pgd(target, eps, args.steps, args.restarts)
+    auto = None if args.auto == "none" else mr.attacks.create("auto", modalities=target, eps=eps, version=args.auto)
     rows = []
     forms = {j: (args.input_forms or args.forms) if j == "input" else args.forms for j in args.jacobians}
     for jac, form in [(j, f) for j in args.jacobians for f in forms[j]]:
         n = args.input_n if jac == "input" else args.n
         test = data.test.subset(list(range(min(n, len(data.test)))))
-        base = mr.evaluate(late, test, [attack], seed=args.seed, checks=False)
+        with_auto = auto is not None and jac in args.auto_jacobians
+        base = mr.evaluate(late, test, [attack, *([auto] if with_auto else [])], seed=args.seed, checks=False)
+        base_worst = base.correct(attack.id) & (base.correct(auto.id) if with_auto else True)
         select = (
             {"select_samples": args.select_samples_input, "select_steps": 5}
             if jac == "input"
@@ -168,7 +188,7 @@ def main() -> None:
         t = time.perf_counter()
         defended = jr.apply(late, data, seed=args.seed)
         sel_s = round(time.perf_counter() - t, 1)
-        res = evaluate_jr(defended, late, test, attack, args.seed)
+        res = evaluate_jr(defended, late, test, attack, args.seed, jr, auto if with_auto else None)
         row = {
             "jacobian": jac,
             "form": form,
@@ -178,7 +198,9 @@ def main() -> None:
             "gamma": defended.defense_info["gamma"],
             "selection": defended.defense_info["selection"],
             "selection_seconds": sel_s,
-            "undefended": {"clean": base.accuracy(), "attacked": base.accuracy(attack.id)},
+            "undefended": {"clean": base.accuracy(), "attacked": float(base_worst.mean()),
+                           "pgd": base.accuracy(attack.id),
+                           **({"auto": base.accuracy(auto.id)} if with_auto else {})},
             **res,
         }
         rows.append(row)
@@ -210,6 +232,8 @@ def _command(args: argparse.Namespace) -> str:
         parts.append("--forms " + " ".join(args.forms))
     if args.input_forms:
         parts.append("--input-forms " + " ".join(args.input_forms))
+    if args.auto != "none":
+        parts.append(f"--auto {args.auto} --auto-jacobians " + " ".join(args.auto_jacobians))
     return " ".join(parts)
 
 
@@ -294,7 +318,8 @@ def render(p: dict, args: argparse.Namespace) -> str:
     lines = [
         "# Findings: JR (sample-wise Jacobian regularisation) on MM-Digits late fusion",
         "",
-        f"Measured with `{p['command']}` ({p['seconds']:.0f} s on a shared 2-core machine, one thread). "
+        f"Measured with `{p['command']}` ({p['seconds']:.0f} s on "
+        f"{p['provenance'].get('cpu', 'a shared 2-core machine')}, one thread). "
         f"Model: `late`, {p['model']}. Raw numbers with provenance: `{Path(args.out).with_suffix('.json').name}`.",
         "",
         "## Threat model",
@@ -311,15 +336,17 @@ def render(p: dict, args: argparse.Namespace) -> str:
         "",
         "## Results (test split, first samples; accuracy in %)",
         "",
-        "| JR | n | γ (val) | clean | transfer | BPDA | full white-box | **worst case** | undefended clean | "
-        "undefended attacked |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| JR | n | γ (val) | clean | transfer | BPDA | full white-box | auto (adaptive) | **worst case** | "
+        "undefended clean | undefended attacked (PGD / auto / worst) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in p["rows"]:
+        u = r["undefended"]
         lines.append(
             f"| {label(r)} | {r['n']} | {r['gamma']:g} | {pct(r['clean'])} | {pct(r['transfer'])} "
-            f"| {pct(r['bpda'])} | {pct(r['full'])} | **{pct(r['worst_case'])}** | {pct(r['undefended']['clean'])} | "
-            f"{pct(r['undefended']['attacked'])} |"
+            f"| {pct(r['bpda'])} | {pct(r['full'])} | {pct(r['auto']) if 'auto' in r else '—'} | "
+            f"**{pct(r['worst_case'])}** | {pct(u['clean'])} | "
+            f"{pct(u.get('pgd', u['attacked']))} / {pct(u['auto']) if 'auto' in u else '—'} / {pct(u['attacked'])} |"
         )
     lines += [
         "",
@@ -327,16 +354,18 @@ def render(p: dict, args: argparse.Namespace) -> str:
         "",
         *reading(p),
         "",
-        "Worst case = correct clean *and* under all three attacks (per sample). Samples broken by each attack "
-        "(of the clean-correct ones), and broken by that attack alone:",
+        "Worst case = correct clean *and* under every attack (per sample); `auto (adaptive)` = the standard "
+        "evaluation with each of its gradient attacks run as transfer, BPDA and full white-box on the survivors, "
+        "then Square (— = not run for that Jacobian mode). Samples broken by each attack (of the clean-correct "
+        "ones), and broken by that attack alone:",
         "",
-        "| JR | transfer | BPDA | full | only transfer | only BPDA | only full |",
-        "|---|---|---|---|---|---|---|",
+        "| JR | transfer | BPDA | full | auto | only transfer | only BPDA | only full | only auto |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in p["rows"]:
         b, o = r["broken_by"], r["broken_only_by"]
-        lines.append(f"| {label(r)} | {b['transfer']} | {b['bpda']} | {b['full']} | {o['transfer']} | "
-                     f"{o['bpda']} | {o['full']} |")
+        lines.append(f"| {label(r)} | {b['transfer']} | {b['bpda']} | {b['full']} | {b.get('auto', '—')} | "
+                     f"{o['transfer']} | {o['bpda']} | {o['full']} | {o.get('auto', '—')} |")
     lines += ["", "## γ selection on validation", ""]
     for r in p["rows"]:
         sel = r["selection"]

@@ -41,18 +41,35 @@ STEPS = 20
 OOO_KW: dict[str, Any] = {"attack_modalities": "sample", "epochs": 8, "train": {"lr": 2e-3}}
 
 
-def attack(name: str, mods: list[str], **kw: Any) -> Any:
+def attack(name: str, mods: list[str], restarts: int = 1, **kw: Any) -> Any:
     eps = {m: DEFAULT_EPS[m] for m in mods}
     surface = "embedding" if "text" in mods else None
-    return mr.attacks.create("evade", modalities=mods, eps=eps, steps=STEPS, token_surface=surface, **kw)
+    return mr.attacks.create("evade", modalities=mods, eps=eps, steps=STEPS, token_surface=surface,
+                             restarts=restarts, **kw)
 
 
-def suite(detector: bool, names: list[str]) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
-    """``{modality: {attack label: condition}}`` single-source, and the same for modality pairs."""
+def standard(mods: list[str], version: str, defense: Any, source: Any) -> Any:
+    """The standard evaluation ``auto`` at the radii, made adaptive to ``defense`` when there is one."""
+    atk = mr.attacks.create("auto", modalities=mods, eps={m: DEFAULT_EPS[m] for m in mods}, version=version,
+                            token_surface="embedding" if "text" in mods else None)
+    return atk if defense is None else defense.adaptive(atk, source)
+
+
+def suite(
+    detector: bool, names: list[str], restarts: int = 1, auto: str = "none", defense: Any = None, source: Any = None
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """``{modality: {attack label: condition}}`` single-source, and the same for modality pairs.
+
+    ``auto`` (a version, or ``"none"``) adds the standard evaluation to the single-source attacks,
+    adaptive to ``defense`` (built from ``source``) when given.
+    """
     kinds = {"PGD-CE": {"kappa": 0.0}, "PGD-CW": {"kappa": 0.0, "loss": "cw"}}
     if detector:
         kinds["Evade κ=1"] = {"kappa": 1.0}
-    single = {m: {k: attack(k, [m], **kw) for k, kw in kinds.items()} for m in names}
+    single = {m: {k: attack(k, [m], restarts, **kw) for k, kw in kinds.items()} for m in names}
+    if auto != "none":
+        for m in names:
+            single[m][f"auto ({auto})"] = standard([m], auto, defense, source)
     pair_kinds = {"PGD-CE": {"kappa": 0.0}} | ({"Evade κ=1": {"kappa": 1.0}} if detector else {})
     pairs = {
         "+".join(p): {k: attack(k, list(p), **kw) for k, kw in pair_kinds.items()}
@@ -61,9 +78,12 @@ def suite(detector: bool, names: list[str]) -> tuple[dict[str, dict[str, Any]], 
     return single, pairs
 
 
-def measure(model: Any, test: Any, seed: int, detector: bool) -> dict[str, Any]:
+def measure(
+    model: Any, test: Any, seed: int, detector: bool, restarts: int = 1, auto: str = "none",
+    defense: Any = None, source: Any = None,
+) -> dict[str, Any]:
     names = model.modalities
-    single, pairs = suite(detector, names)
+    single, pairs = suite(detector, names, restarts, auto, defense, source)
     conds = [c for group in (*single.values(), *pairs.values()) for c in group.values()]
     t = time.perf_counter()
     res = mr.evaluate(model, test, conds, seed=seed)
@@ -107,6 +127,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1000, help="first n test samples")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-ablation", action="store_true", help="skip the λ = 0 ablation")
+    ap.add_argument("--restarts", type=int, default=2, help="restarts of the single-source PGD attacks")
+    ap.add_argument("--auto", default="fast", choices=["none", *sorted(mr.attacks.auto.PRESETS)],
+                    help="version of the standard evaluation added to the single-source attacks")
     ap.add_argument("--render-only", action="store_true", help="rewrite the .md from the existing .json")
     args = ap.parse_args()
     out = Path(args.out)
@@ -122,25 +145,29 @@ def main() -> None:
     else:
         concat = mr.models.create("concat", data.spec, seed=args.seed)
         mr.train(concat, data, epochs=20, seed=args.seed, quiet=True)
-    models = {"concat": (concat, False, None)}
+    models = {"concat": (concat, False, None, None)}
     variants = {"ooo": OOO_KW} | ({} if args.no_ablation else {"ooo (λ=0)": {**OOO_KW, "lam": 0.0}})
     for label, kw in variants.items():
         t = time.perf_counter()
-        robust = OddOneOut(**kw).apply(concat, data, seed=args.seed)
+        defense = OddOneOut(**kw)
+        robust = defense.apply(concat, data, seed=args.seed)
         info = {k: robust.defense_info[k] for k in ("best_epoch", "best_val_score", "warm_started", "eps")}
         info["train_seconds"] = round(time.perf_counter() - t, 1)
-        models[label] = (robust, True, info)
+        models[label] = (robust, True, info, defense)
         print(label, info, flush=True)
     rows = {}
-    for label, (model, detector, info) in models.items():
-        rows[label] = measure(model, test, args.seed, detector) | ({"training": info} if info else {})
+    for label, (model, detector, info, defense) in models.items():
+        rows[label] = measure(model, test, args.seed, detector, args.restarts, args.auto, defense, concat) | (
+            {"training": info} if info else {})
         r = rows[label]
         print(label, f"clean {r['clean']:.3f} worst-modality {r['worst_modality']:.3f}", flush=True)
     wall = time.perf_counter() - t0
     cmd = "python benchmarks/findings_ooo.py" + (f" --models {args.models}" if args.models else "")
     cmd += (f" --n {args.n}" if args.n != 1000 else "") + (f" --seed {args.seed}" if args.seed else "")
     cmd += " --no-ablation" if args.no_ablation else ""
+    cmd += f" --restarts {args.restarts} --auto {args.auto}"
     payload = {"command": cmd, "seed": args.seed, "n": len(test), "eps": DEFAULT_EPS, "steps": STEPS,
+               "restarts": args.restarts, "auto": args.auto,
                "ooo_params": OOO_KW, "models": rows, "wall_seconds": round(wall, 1), "provenance": provenance()}
     write_json(out.with_suffix(".json"), payload)
     write_text(out, render(payload))
@@ -171,7 +198,8 @@ def render(p: dict[str, Any]) -> str:
         "# Findings: odd-one-out robust fusion (OOO) against single-source attacks on MM-Digits",
         "",
         f"Measured with `{cmd}` (seed {p['seed']}, the first {p['n']} MM-Digits test samples, "
-        f"{p['wall_seconds']:.0f} s on the shared 2-core project machine). Raw numbers with provenance: "
+        f"{p['wall_seconds']:.0f} s on {p['provenance'].get('cpu', 'the shared 2-core project machine')}). Raw "
+        "numbers with provenance: "
         "`docs/findings_ooo.json`. Method and API: [defenses/ooo.md](defenses/ooo.md).",
         "",
         "Setup: the `concat` model (20 epochs) is the source; `ooo` is `mr.defenses.create(\"ooo\", "
@@ -180,9 +208,14 @@ def render(p: dict[str, Any]) -> str:
         f"PGD-5 at the evaluation radii). `ooo (λ=0)` is the same training without the detection loss. Radii "
         f"(ℓ∞): {eps} (image: pixel units; audio: normalised log-mel; text: token-embedding units) — the radii "
         "at which one attacked modality pushes `concat` below the best clean remaining modality alone "
-        f"(findings_attacks.md). Attacks: PGD-{p['steps']} with random start, CE and CW losses, and the adaptive "
-        "`evade` attack (CE + κ·log(1 − o_i), κ = 1: perturb i *and* keep the detector off i); every attack "
-        "differentiates through o and the experts. *Worst* = per sample, the worst case over the attacks.",
+        f"(findings_attacks.md). Attacks: PGD-{p['steps']} × {p.get('restarts', 1)} restarts with random start, "
+        "CE and CW losses, and the adaptive `evade` attack (CE + κ·log(1 − o_i), κ = 1: perturb i *and* keep the "
+        "detector off i)"
+        + ("" if p.get("auto", "none") == "none" else
+           f"; single-source also the standard evaluation `auto` (version `{p['auto']}`), for OOO made adaptive "
+           "inside its list (APGD-CE and APGD-T each as evade / CW / CE, then Square)")
+        + "; every attack differentiates through o and the experts. *Worst* = per sample, the worst case over "
+        "the attacks.",
         "",
         "**In short.** "
         f"Worst-modality single-source robust accuracy under the adaptive evaluation: concat "
@@ -225,7 +258,9 @@ def render(p: dict[str, Any]) -> str:
             f"{_p(min(v['accuracy'] for k, v in d['views'].items() if k.startswith('Evade')))}–"
             f"{_p(max(v['accuracy'] for k, v in d['views'].items() if k.startswith('Evade')))} %) "
             "but changes fewer predictions than plain PGD: once hidden, its perturbation meets the adversarially "
-            "fine-tuned experts. Plain PGD is the binding attack in the per-sample worst case."
+            "fine-tuned experts. The binding attack (lowest accuracy) per attacked modality: "
+            + ", ".join(f"{m} {min((k for k in v if k != 'worst'), key=v.get)}" for m, v in ooo["single"].items())
+            + "."
         )
     pairs_better = [p for p in ooo["pairs"] if ooo["pairs"][p]["worst"] > base["pairs"][p]["worst"]]
     pairs_worse = [p for p in ooo["pairs"] if ooo["pairs"][p]["worst"] < base["pairs"][p]["worst"]]
