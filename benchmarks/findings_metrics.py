@@ -37,6 +37,21 @@ def pct(v: float | None) -> str:
     return "—" if v is None else f"{100 * v:.1f}"
 
 
+def attacks(model, args) -> dict:
+    """Per modality: PGD-ℓ∞-20 (random start, ``--restarts``); with ``--auto``, the worst of it and ``auto``."""
+    out = {}
+    for m in model.modalities:
+        surface = "embedding" if model.spec[m].is_tokens else None
+        pgd = mr.attacks.create("pgd", modalities=m, eps=EPS[m], steps=20, restarts=args.restarts,
+                                token_surface=surface)
+        if args.auto == "none":
+            out[m] = pgd
+            continue
+        auto = mr.attacks.create("auto", modalities=m, eps=EPS[m], version=args.auto, token_surface=surface)
+        out[m] = mr.attacks.create("worst_case", variants=[pgd, auto], labels=["pgd", "auto"])
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="runs/default/models")
@@ -44,6 +59,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1000, help="test samples")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--restarts", type=int, default=2, help="restarts of the single-source PGD-20")
+    ap.add_argument("--auto", default="fast", choices=["none", *sorted(mr.attacks.auto.PRESETS)],
+                    help="add the standard evaluation: per sample the worst of PGD and auto (none: PGD only)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -56,7 +74,8 @@ def main() -> None:
     prefs = {}
     for f in FUSIONS:
         t = time.perf_counter()
-        prefs[f] = modality_preference(models[f], test, eps=EPS, seed=args.seed, name=f, checks=True)
+        prefs[f] = modality_preference(models[f], test, attacks=attacks(models[f], args), seed=args.seed, name=f,
+                                       checks=True)
         print(f"{f}: {prefs[f].statement} ({time.perf_counter() - t:.0f}s)", flush=True)
 
     certs = []
@@ -84,17 +103,21 @@ def main() -> None:
     lines = [
         "# Findings: modality preference, certificates and latent geometry of the MM-Digits models",
         "",
-        f"Measured with `python benchmarks/findings_metrics.py --models runs/default/models` (seed {args.seed}, "
-        f"first {len(test)} test samples, {seconds:.0f} s on the project machine while other jobs shared its "
-        f"2 cores). Models: the default run (`mmrobust run`). Raw numbers with provenance: "
+        f"Measured with `python benchmarks/findings_metrics.py --models {args.models} --n {len(test)} "
+        f"--restarts {args.restarts} --auto {args.auto}` (seed {args.seed}, "
+        f"first {len(test)} test samples, {seconds:.0f} s on {provenance()['cpu']}, one thread). "
+        "Models: the default run (`mmrobust run`). Raw numbers with provenance: "
         f"`docs/findings_metrics.json`. Definitions: `docs/metrics.md` (preference), `docs/certify.md`, "
         f"`docs/geometry.md`.",
         "",
         "## Modality preference and per-modality robustness",
         "",
         "Preferred modality = the largest accuracy drop when it is removed (`missing`, fill `drop` for late "
-        "fusion, the training mean otherwise). Attacks: PGD-ℓ∞, 20 steps, random start, one modality at a "
-        f"time, at ε = {EPS['image']} (image, pixel units), {EPS['audio']} (audio, normalised log-mel) and "
+        "fusion, the training mean otherwise). Attacks, one modality at a time: PGD-ℓ∞, 20 steps × "
+        f"{args.restarts} restarts, random start"
+        + ("" if args.auto == "none" else f", and per sample the worst of it and the standard evaluation `auto` "
+           f"(version `{args.auto}`)") + ", at ε"
+        f" = {EPS['image']} (image, pixel units), {EPS['audio']} (audio, normalised log-mel) and "
         f"{EPS['text']} (text, token-embedding units) — the radii at which `docs/findings_attacks.md` shows "
         "single-source attacks overriding the clean modalities. Accuracies in %.",
         "",
