@@ -75,8 +75,9 @@ def main() -> None:
             res = mr.evaluate(model, test, pgd + auto, seed=args.seed)
             clean = res.accuracy()
             pgd_accs = [res.accuracy(c.id) for c in pgd]
-            worst = [res.correct(c.id) & (res.correct(a.id) if auto else True)
-                     for c, a in zip(pgd, auto or pgd, strict=True)]
+            worst = [res.correct(c.id) for c in pgd]  # per sample, correct under PGD and (if run) auto
+            if auto:
+                worst = [w & res.correct(a.id) for w, a in zip(worst, auto, strict=True)]
             accs = [clean] + [float(w.mean()) for w in worst]
             curves[(fusion, m)] = accs
             flags += [{"model": fusion, **f} for f in res.flags]
