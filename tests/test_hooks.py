@@ -577,3 +577,24 @@ def test_a_run_trains_defends_and_resumes_your_module(tmp_path, monkeypatch, mmd
     assert {p.name for p in (folder / "models").iterdir()} == {"mmdl.pt", "mmdl+modality_dropout.pt", "mmdl+ooo.pt"}
     again = run(cfg, tmp_path / "runs", quiet=True, workers=1)  # resumes: every model and cell read back
     assert read_rows(again) == rows
+
+
+def test_example_mmdl_two_encoder_layout(toy_data):
+    """mmdigits_mmdl(modalities=...) builds MultiBench's image + text layout; its hooks equal the module."""
+    from mmrobust.examples.multibench import mmdigits_mmdl
+
+    torch.manual_seed(0)
+    net = mmdigits_mmdl(width=2, text_dim=4, hidden=8, classes=toy_data.spec.num_classes,
+                        modalities=("image", "text")).eval()
+    assert len(net.encoders) == 2 and net.head.net[0].in_features == (4 * 2 + 1) * (4 + 1)
+    order = ["image", "text"]
+    hooked = mr.models.adapt(net, toy_data.spec, order, hooks={"preset": "multibench",
+                                                               "embeddings": {"text": "encoders.1.embedding"}})
+    plain = mr.models.adapt(net, toy_data.spec, order, call="list")
+    x, _ = toy_data.test.select(order).batch(torch.arange(8))
+    with torch.no_grad():
+        assert torch.allclose(hooked(x), plain(x), atol=1e-6)
+        assert torch.allclose(hooked(x), net([x["image"], x["text"]]), atol=1e-6)
+    for bad in ((), ("image", "image"), ("image", "video")):
+        with pytest.raises(ValueError, match="modalities must be distinct names"):
+            mmdigits_mmdl(modalities=bad)

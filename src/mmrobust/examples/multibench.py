@@ -19,6 +19,8 @@ pad id 0; each encoder gives (N, d); the fusion (N, Π_m (d_m + 1)); logits (N, 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
@@ -138,17 +140,29 @@ class MMDL(nn.Module):
 
 
 def mmdigits_mmdl(width: int = 4, text_dim: int = 16, hidden: int = 64, classes: int = 10, vocab: int = 37,
-                  pad_id: int = 0) -> MMDL:
-    """The MM-Digits model of ``configs/multibench.yaml``: image, audio, text in that order.
+                  pad_id: int = 0, modalities: Sequence[str] = ("image", "audio", "text")) -> MMDL:
+    """The MM-Digits model of ``configs/multibench.yaml``: one encoder per name of ``modalities``, in that order.
 
     Image: LeNet(1, ``width``, 2) (8×8 -> ``4·width`` features); audio: LeNet(1, ``width``/2, 3) on the
     32×64 log-mel spectrogram (``4·width``); text: a GRU of width ``text_dim`` over ``text_dim``-wide
-    token embeddings; tensor fusion; a ``hidden``-wide MLP head.
+    token embeddings; tensor fusion; a ``hidden``-wide MLP head. ``modalities=("image", "text")`` is
+    the two-encoder layout (LeNet image, GRU text) of MultiBench's own examples.
+
+    Raises:
+        ValueError: ``modalities`` is empty, repeats a name or names one other than image, audio, text.
     """
+    known = ("image", "audio", "text")
+    if not modalities or len(set(modalities)) != len(modalities) or any(m not in known for m in modalities):
+        raise ValueError(f"modalities must be distinct names among {known}, got {list(modalities)}")
     d = 4 * width
-    encoders = [LeNet(1, width, 2), LeNet(1, max(width // 2, 1), 3), GRUText(vocab, text_dim, text_dim, pad_id)]
     audio_out = max(width // 2, 1) * 8
-    fused = (d + 1) * (audio_out + 1) * (text_dim + 1)
+    build = {"image": (lambda: LeNet(1, width, 2), d),
+             "audio": (lambda: LeNet(1, max(width // 2, 1), 3), audio_out),
+             "text": (lambda: GRUText(vocab, text_dim, text_dim, pad_id), text_dim)}
+    encoders = [build[m][0]() for m in modalities]
+    fused = 1
+    for m in modalities:
+        fused *= build[m][1] + 1
     return MMDL(encoders, TensorFusion(), MLP(fused, hidden, classes))
 
 
