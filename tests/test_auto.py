@@ -162,6 +162,8 @@ def test_presets_and_params():
         ({"attacks": []}, r"auto: attacks must be a non-empty list"),
         ({"norm": "l0"}, r"auto: unsupported norm 'l0'"),
         ({"eps": -1.0}, r"auto: eps .* must be"),
+        ({"cascade": True}, r"auto: cascade=True runs the list over the modalities of modalities=\"each\""),
+        ({"cascade": "yes"}, r"auto: cascade must be true or false, got 'yes'"),
     ],
 )
 def test_bad_hyper_parameters(kw, match):
@@ -238,6 +240,59 @@ def test_each_is_the_per_modality_worst_case(toy_late, toy_data, toy_batch):
     assert bool((out.info["queries/square"][out.info["ran/square"]] > 0).all())
     # the chosen modality's record: broken_by is -1 exactly where no modality broke the sample
     assert torch.equal(out.info["broken_by"] == ROBUST, ~out.info["success"])
+
+
+def test_cascade_over_modalities_matches_a_hand_written_loop(toy_late, toy_data, toy_batch):
+    """cascade=True: each attack of the list on each modality in turn, only on the samples still correct."""
+    x, y = toy_batch
+    x, y = {k: v[:48] for k, v in x.items()}, y[:48]
+    eps = {"image": 0.1, "audio": 0.5, "text": 2.0}
+    atk = auto("each", eps=eps, token_surface="embedding", attacks=GRADIENT_ONLY, cascade=True)
+    assert atk.params()["cascade"] is True and "cascade" not in auto("each", eps=eps).params()
+    out = atk.apply(toy_late, x, y, ctx(toy_data, 5))
+    g = ctx(toy_data, 5)  # the same generator, drawn in the same order
+    with torch.no_grad():
+        alive = toy_late(x).argmax(1) == y
+    broken_by = torch.where(alive, ROBUST, CLEAN_WRONG)
+    via = torch.full_like(y, -1)
+    ran_m = {m: torch.zeros_like(alive) for m in toy_late.modalities}
+    for i, stage in enumerate(s for s in PRESETS["fast"] if s.label in GRADIENT_ONLY):
+        ran = torch.zeros_like(alive)
+        for j, m in enumerate(toy_late.modalities):
+            surface = "embedding" if toy_data.spec[m].is_tokens else None
+            sub = ATTACKS.create(stage.attack, modalities=m, eps=eps[m], token_surface=surface, **stage.params)
+            idx = alive.nonzero().squeeze(1)
+            o = sub.apply(toy_late, {k: v[idx] for k, v in x.items()}, y[idx], g)
+            wrong = predictions(toy_late, o) != y[idx]
+            ran[idx] = True
+            ran_m[m][idx] = True
+            broken_by[idx[wrong]] = i
+            via[idx[wrong]] = j
+            alive[idx[wrong]] = False
+        assert torch.equal(out.info[f"ran/{stage.label}"], ran)
+        assert torch.equal(out.info[f"success/{stage.label}"], broken_by == i)
+    assert torch.equal(out.info["broken_by"], broken_by)
+    assert torch.equal(out.info["success"], ~alive)
+    assert torch.equal(out.info["success"], predictions(toy_late, out) != y)
+    attacked = broken_by >= 0
+    assert torch.equal(out.info["modality"][attacked], via[attacked])
+    assert len(set(via[attacked].tolist())) >= 2  # the cascade broke samples through more than one modality
+    for m in toy_late.modalities:
+        assert torch.equal(out.info[f"ran/{m}"], ran_m[m])
+        assert f"success/{m}" not in out.info  # not measured: later modalities skip broken samples
+    assert int(out.info["ran/text"].sum()) < int(out.info["ran/image"].sum())
+    # single-source: per sample only the chosen modality moved, within its radius
+    with torch.no_grad():
+        clean_text = toy_late.embed("text", x["text"])
+    for j, m in enumerate(toy_late.modalities):
+        moved = (out.embeddings["text"] - clean_text if m == "text" else out.x[m] - x[m]).flatten(1).abs().amax(1)
+        assert bool((moved[out.info["modality"] != j] == 0).all()), m
+        assert float(moved.max()) <= eps[m] + 1e-6
+    # the per-modality copies are plain single-modality evaluations that rebuild
+    one = atk.single("audio")
+    assert not one.cascade and "cascade" not in one.params() and not one.replace().cascade
+    res = mr.evaluate(toy_late, toy_data.test.subset(list(range(32))), [atk], seed=0, checks=False)
+    assert res.accuracy(atk.id) <= res.accuracy("clean")
 
 
 def test_black_box_flag_from_the_record():

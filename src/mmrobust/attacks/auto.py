@@ -34,6 +34,7 @@ from mmrobust.attacks.gradient import (
     AttackOutput,
     GradientAttack,
     Objective,
+    _rows,
     _validate,
     attack_mode,
     cw_loss,
@@ -134,6 +135,14 @@ class Auto(GradientAttack):
         attacks: Labels of the version's attacks to run (default: all), e.g.
             ``["apgd-ce", "apgd-t"]`` — AutoAttack's ``version="custom"``.
         token_surface: ``"embedding"`` to attack token-id modalities through their embeddings.
+        cascade: With ``modalities="each"``: cascade over the modalities too — each attack of the
+            list runs on every modality in turn (the model's order), each time only on the samples
+            that no earlier attack on any modality has broken, so Square meets only the samples
+            every gradient attack on every modality left correct. The per-sample worst case over
+            modalities is the same threat; it costs less, but the per-modality outcomes
+            (``success/<m>``) are not measured (a sample broken through one modality is not attacked
+            through the later ones) and are left out: ``modality`` says which modality broke each
+            sample, ``ran/<m>`` which modalities attacked it.
 
     Shapes:
         ``x[m]``: (N, *spec[m].shape); ``y``: (N,). ``info`` entries, all (N,): ``success``,
@@ -166,8 +175,15 @@ class Auto(GradientAttack):
         version: str = "standard",
         attacks: Sequence[str] | None = None,
         token_surface: str | None = None,
+        cascade: bool = False,
     ) -> None:
         super().__init__(modalities, eps=eps, norm=norm, budget=budget, token_surface=token_surface)
+        if not isinstance(cascade, bool):
+            raise InputError(f"auto: cascade must be true or false, got {cascade!r}")
+        if cascade and not self.threat.each:
+            raise InputError("auto: cascade=True runs the list over the modalities of modalities=\"each\"; "
+                             f"got modalities={modalities!r}")
+        self.cascade = cascade
         if not isinstance(version, str) or version not in PRESETS:
             raise InputError(f"auto: version must be one of {', '.join(PRESETS)}, got {version!r}")
         self.version = version
@@ -205,6 +221,8 @@ class Auto(GradientAttack):
     def params(self) -> dict[str, Any]:
         """Threat model, ``version`` and ``attacks`` (the labels ``broken_by`` indexes); ``adaptive`` if adapted."""
         out = {**self.threat.params(), "version": self.version, "attacks": "+".join(self.labels)}
+        if self.cascade:  # only when set: the ids of every earlier (non-cascaded) result stay the same
+            out["cascade"] = True
         if self._adaptive:
             out["adaptive"] = self._adaptive
         return out
@@ -296,7 +314,7 @@ class Auto(GradientAttack):
     def apply(self, model: Any, x: dict[str, Tensor], y: Tensor, ctx: EvalContext) -> AttackOutput:
         """Run the list on ``x`` (survivors only, in order); per-sample outcomes in ``info``."""
         if self.threat.each:
-            return self._apply_each(model, x, y, ctx)
+            return self._apply_cascade(model, x, y, ctx) if self.cascade else self._apply_each(model, x, y, ctx)
         threat = self.resolve(model)
         with attack_mode(model):
             _validate(model, x, y, threat)
@@ -305,6 +323,108 @@ class Auto(GradientAttack):
             out = obj.output(adv, loss, success)
         out.info.update(extra)
         return out
+
+    def single(self, modality: str) -> Auto:
+        """The list restricted to one modality (never cascaded: there is one modality)."""
+        clone = super().single(modality)
+        if clone.cascade:
+            clone.cascade = False
+            clone._init_args[1].pop("cascade", None)
+        return clone
+
+    def _apply_cascade(self, model: Any, x: dict[str, Tensor], y: Tensor, ctx: EvalContext) -> AttackOutput:
+        """``modalities="each"`` with ``cascade=True``: attack-major over the modalities, survivors only.
+
+        For each attack of the list and then each modality (the model's order), the attack runs on
+        the samples no earlier (attack, modality) pair has misclassified. Per sample the returned
+        batch carries the perturbation of the modality that broke it, else of the modality whose
+        point is closest to the decision boundary; the other modalities are clean.
+        """
+        self.check(model)
+        names = self.threat.expand(model)
+        singles = {m: self.single(m) for m in names}
+        n = y.shape[0]
+        dev = y.device
+        with attack_mode(model):
+            objs: dict[str, Objective] = {}
+            for m in names:
+                threat = singles[m].resolve(model)
+                _validate(model, x, y, threat)
+                objs[m] = Objective(model, x, y, threat, cw_loss)
+            runs = {m: singles[m]._runs(model) for m in names}
+            first = objs[names[0]]
+            with torch.no_grad():
+                clean = first.logits(first.origin)
+            found = clean.argmax(1) != y
+            broken_by = torch.full((n,), ROBUST, dtype=torch.long, device=dev)
+            broken_by[found] = CLEAN_WRONG
+            via = torch.full((n,), -1, dtype=torch.long, device=dev)
+            adv = {m: {k: o.clone() for k, o in objs[m].origin.items()} for m in names}
+            loss = {m: cw_loss(clean, y) for m in names}
+            ran_m = {m: torch.zeros(n, dtype=torch.bool, device=dev) for m in names}
+            info: dict[str, Tensor] = {}
+            grad_any = torch.zeros(n, dtype=torch.bool, device=dev)
+            box_any = torch.zeros_like(grad_any)
+            for i, (label, _, black_box) in enumerate(runs[names[0]]):
+                ran = torch.zeros_like(grad_any)
+                broke = torch.zeros_like(grad_any)
+                for j, m in enumerate(names):
+                    _, cond, _ = runs[m][i]
+                    for k in getattr(cond, "counters", ()):
+                        info.setdefault(f"{k}/{label}", torch.zeros(n, dtype=torch.long, device=dev))
+                    idx = (~found).nonzero().squeeze(1)
+                    if cond is None or not idx.numel():
+                        continue
+                    sub = objs[m].subset(idx)
+                    var, recorded = singles[m]._run_one(label, cond, sub, ctx)
+                    for k in getattr(cond, "counters", ()):
+                        info[f"{k}/{label}"][idx] += recorded[k].to(info[f"{k}/{label}"])
+                    with torch.no_grad():
+                        logits = sub.logits(var)
+                    margin = cw_loss(logits, sub.y)
+                    wrong = logits.argmax(1) != sub.y
+                    keep = wrong | (margin > loss[m][idx])
+                    rows = idx[keep]
+                    for k in adv[m]:
+                        adv[m][k][rows] = var[k][keep]
+                    loss[m][rows] = margin[keep]
+                    ran[idx] = True
+                    ran_m[m][idx] = True
+                    broke[idx[wrong]] = True
+                    broken_by[idx[wrong]] = i
+                    via[idx[wrong]] = j
+                    found = found | broke
+                info[f"success/{label}"] = broke
+                info[f"ran/{label}"] = ran
+                if black_box:
+                    box_any |= broke
+                else:
+                    grad_any |= broke
+            losses = torch.stack([loss[m] for m in names], 1)
+            chosen = torch.where(via >= 0, via, losses.argmax(1))
+            outs = {m: objs[m].output(adv[m], loss[m], via == j) for j, m in enumerate(names)}
+        x_out = dict(x)
+        embeddings: dict[str, Tensor] = {}
+        out_info: dict[str, Tensor] = {"success": found, "loss": losses.gather(1, chosen[:, None]).squeeze(1),
+                                       "modality": chosen}
+        for j, m in enumerate(names):
+            take = chosen == j
+            out = outs[m]
+            if m in out.embeddings:
+                embeddings[m] = torch.where(_rows(take, out.embeddings[m]), out.embeddings[m], objs[m].origin[m])
+            elif bool(take.any()):
+                x_out[m] = torch.where(_rows(take, x[m]), out.x[m], x[m])
+            out_info[f"loss/{m}"] = loss[m]
+            out_info[f"ran/{m}"] = ran_m[m]
+            norm = out.info[f"norm/{m}"]
+            out_info[f"norm/{m}"] = torch.where(take, norm, torch.zeros_like(norm))
+        for k in self.counters:
+            out_info[k] = sum((v for key, v in info.items() if key.startswith(f"{k}/")),
+                              torch.zeros(n, dtype=torch.long, device=dev))
+        out_info.update(info)
+        out_info["broken_by"] = broken_by
+        out_info["black_box_only"] = box_any & ~grad_any
+        return AttackOutput(x=x_out, info=out_info, embeddings=embeddings)
 
     def _perturb(self, obj: Objective, ctx: EvalContext) -> tuple[dict[str, Tensor], Tensor, Tensor]:
         adv, loss, success, _ = self._cascade(obj, ctx)
