@@ -291,8 +291,15 @@ def test_cascade_over_modalities_matches_a_hand_written_loop(toy_late, toy_data,
     # the per-modality copies are plain single-modality evaluations that rebuild
     one = atk.single("audio")
     assert not one.cascade and "cascade" not in one.params() and not one.replace().cascade
-    res = mr.evaluate(toy_late, toy_data.test.subset(list(range(32))), [atk], seed=0, checks=False)
+    plain = auto("each", eps=eps, token_surface="embedding", attacks=GRADIENT_ONLY)
+    res = mr.evaluate(toy_late, toy_data.test.subset(list(range(32))), [atk, plain], seed=0, checks=False)
     assert res.accuracy(atk.id) <= res.accuracy("clean")
+    from mmrobust.metrics import results as R
+
+    per = R.modality_worst_case(res, plain.id)  # modalities only, not auto's per-attack flags
+    assert set(per["per_modality"]) == set(toy_late.modalities)
+    with pytest.raises(mr.InputError, match="cascade=True does not"):
+        R.modality_worst_case(res, atk.id)
 
 
 def test_black_box_flag_from_the_record():

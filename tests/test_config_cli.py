@@ -11,6 +11,27 @@ def test_default_config_covers_unimodal_and_fusions():
     assert labels == ["unimodal-image", "unimodal-audio", "unimodal-text", "late", "concat", "attention", "gated"]
 
 
+def test_shipped_configs_validate_and_standard_eval_is_the_default_plus_auto():
+    """configs/*.yaml load; standard_eval.yaml is the default benchmark with one `auto` entry added."""
+    from pathlib import Path
+
+    from mmrobust.bench.config import default_config
+
+    folder = Path(__file__).resolve().parents[1] / "configs"
+    shipped = sorted(folder.glob("*.yaml"))
+    assert {p.name for p in shipped} >= {"smoke.yaml", "multibench.yaml", "standard_eval.yaml"}
+    for p in shipped:
+        load_config(p)
+    std, default = load_config(folder / "standard_eval.yaml"), default_config()
+    assert std.name == "standard_eval"
+    assert std.model_dump(exclude={"name", "threats"}) == default.model_dump(exclude={"name", "threats"})
+    assert std.threats.model_dump(exclude={"attacks"}) == default.threats.model_dump(exclude={"attacks"})
+    assert std.threats.attacks[:-1] == default.threats.attacks  # the default run's cells are read back
+    auto = std.threats.attacks[-1]
+    assert (auto.name, auto.modalities, auto.params) == ("auto", "each", {"version": "fast"})
+    assert auto.eps == default.threats.attacks[0].eps
+
+
 @pytest.mark.parametrize(
     "data, message",
     [

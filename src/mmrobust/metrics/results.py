@@ -127,11 +127,13 @@ def modality_worst_case(result: Any, condition: str) -> dict[str, Any]:
     """
     cid = _resolve(result, condition)["condition"]
     prefix = f"info/{cid}/success/"
-    mods = [k[len(prefix) :] for k in result.samples if k.startswith(prefix)]
+    # modalities only: auto's per-attack flags (success/apgd-ce, ...) share the prefix, and a modality has a norm
+    mods = [k[len(prefix) :] for k in result.samples
+            if k.startswith(prefix) and f"info/{cid}/norm/{k[len(prefix):]}" in result.samples]
     if not mods:
         raise InputError(
             f"condition {cid!r} has no per-modality success flags ({prefix}<m>); only gradient attacks with "
-            "modalities='each' record them"
+            "modalities='each' record them (auto with cascade=True does not: it skips broken samples)"
         )
     cols = {m: torch.as_tensor(~np.asarray(result.samples[prefix + m]).astype(bool)) for m in mods}
     out = _worst(cols, torch.as_tensor(_clean(result)))
