@@ -97,13 +97,38 @@ def branch_accuracy(model: Any, test: Any) -> dict[str, float]:
     return {f"branch/{m}": float((v.argmax(1) == y).double().mean()) for m, v in uni.items()}
 
 
-def robust_row(model: Any, test: Any, steps: int, seed: int) -> dict[str, Any]:
-    """Clean, per-modality single-source PGD and per-sample worst case, with the reliability flags."""
-    each = mr.attacks.create("pgd", modalities="each", eps=EPS, steps=steps, token_surface="embedding")
-    res = mr.evaluate(model, test, [each], seed=seed)
-    out: dict[str, Any] = {"clean": res.accuracy(), "each": res.accuracy(each.id)}
-    for m in model.modalities:
-        out[m] = 1.0 - float(res.samples[f"info/{each.id}/success/{m}"].mean())
+def attack_on(model: Any, modalities: Any, steps: int, restarts: int, auto: str) -> Any:
+    """ℓ∞ attack on ``modalities`` (a name, or a list attacked at once, each within its EPS).
+
+    PGD-``steps`` × ``restarts`` (random start, best iterate); with ``auto`` other than ``"none"``, per
+    sample the worst of it and the standard evaluation ``auto`` of that version (labels ``pgd``, ``auto``).
+    The defences only change the weights, so these white-box attacks are the adaptive ones.
+    """
+    mods = [modalities] if isinstance(modalities, str) else list(modalities)
+    eps = {m: EPS[m] for m in mods}
+    pgd = mr.attacks.create("pgd", modalities=modalities, eps=eps, steps=steps, restarts=restarts,
+                            token_surface="embedding")
+    if auto == "none":
+        return pgd
+    std = mr.attacks.create("auto", modalities=modalities, eps=eps, version=auto, token_surface="embedding")
+    return mr.attacks.create("worst_case", variants=[pgd, std], labels=["pgd", "auto"])
+
+
+def robust_row(model: Any, test: Any, steps: int, seed: int, restarts: int = 1, auto: str = "none") -> dict[str, Any]:
+    """Clean, per-modality single-source attack (:func:`attack_on`) and the per-sample worst case over modalities.
+
+    ``<m>``: accuracy with modality m attacked; ``pgd/<m>``: the same under the PGD part alone (with
+    ``auto``); ``each``: correct under every single-source attack; the reliability flags.
+    """
+    atks = {m: attack_on(model, m, steps, restarts, auto) for m in model.modalities}
+    res = mr.evaluate(model, test, list(atks.values()), seed=seed)
+    ok = [res.correct(a.id) for a in atks.values()]
+    out: dict[str, Any] = {"clean": res.accuracy(), "each": float(np.logical_and.reduce([res.correct(), *ok]).mean())}
+    for m, a in atks.items():
+        out[m] = res.accuracy(a.id)
+        if auto != "none":
+            broken = res.samples[f"info/{a.id}/success/pgd"].astype(bool)
+            out[f"pgd/{m}"] = float((res.correct() & ~broken).mean())
     out["flags"] = [f"{f['name']}: {f['message']}" for f in res.flags]
     out.update(universal_row(model, test, seed))
     return out
@@ -134,10 +159,11 @@ def universal_row(model: Any, test: Any, seed: int) -> dict[str, Any]:
     return out
 
 
-def single_attack(model: Any, test: Any, modalities: Any, steps: int, seed: int) -> tuple[float, float, list[str]]:
-    eps = {m: EPS[m] for m in (model.modalities if modalities == "all" else [modalities])}
-    atk = mr.attacks.create("pgd", modalities=modalities, eps=eps, steps=steps, token_surface="embedding")
-    res = mr.evaluate(model, test, [atk], seed=seed)
+def single_attack(model: Any, test: Any, modalities: Any, args: argparse.Namespace) -> tuple[float, float, list[str]]:
+    """``(clean, attacked, flags)`` under :func:`attack_on` of ``modalities`` (``"all"``: every modality at once)."""
+    mods = list(model.modalities) if modalities == "all" else modalities
+    atk = attack_on(model, mods, args.steps, args.restarts, args.auto)
+    res = mr.evaluate(model, test, [atk], seed=args.seed)
     return res.accuracy(), res.accuracy(atk.id), [f"{f['name']}: {f['message']}" for f in res.flags]
 
 
@@ -160,6 +186,9 @@ def main() -> None:
     ap.add_argument("--pretrain-epochs", type=int, default=20, help="plain epochs of the start model without --models")
     ap.add_argument("--n", type=int, default=500, help="evaluate on the first n test samples")
     ap.add_argument("--steps", type=int, default=20, help="PGD steps of the evaluation attacks")
+    ap.add_argument("--restarts", type=int, default=1, help="restarts of the evaluation PGD")
+    ap.add_argument("--auto", default="none", choices=["none", *sorted(mr.attacks.auto.PRESETS)],
+                    help="add the standard evaluation: per sample the worst of PGD and auto (none: PGD only)")
     ap.add_argument("--at-steps", type=int, default=5, help="PGD steps inside adversarial training")
     ap.add_argument("--rows", default=None, help="comma-separated subset of the row keys")
     ap.add_argument("--seed", type=int, default=0)
@@ -213,8 +242,8 @@ def main() -> None:
                 seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
                 row = {"fusion": fusion, "protocol": protocol, "epochs": epochs, "key": key, "description": desc,
                        "defense": ident, "train_seconds": seconds, "train_cpu_seconds": cpu, **info,
-                       **robust_row(model, test, args.steps, args.seed), **branch_accuracy(model, test),
-                       **geometry(model, test, args.seed)}
+                       **robust_row(model, test, args.steps, args.seed, args.restarts, args.auto),
+                       **branch_accuracy(model, test), **geometry(model, test, args.seed)}
                 rows.append(row)
                 print(f"{fusion:7} {protocol:8} {key:17} cpu {cpu:6.1f}s clean {100 * row['clean']:5.1f} "
                       + " ".join(f"{m} {100 * row[m]:5.1f}" for m in model.modalities)
@@ -231,15 +260,15 @@ def main() -> None:
               else f"trained here, {args.pretrain_epochs} epochs, seed {args.seed}")
     for fusion in fusions:
         fused = starts[fusion] if fusion in starts else pretrained(fusion, data, args)
-        _, all_acc, flags_all = single_attack(fused, test, "all", args.steps, args.seed)
+        _, all_acc, flags_all = single_attack(fused, test, "all", args)
         for m in fused.modalities:
             if args.models:
                 uni = mr.models.load(Path(args.models) / f"unimodal-{m}.pt")
             else:
                 uni = mr.models.create("unimodal", data.spec, modality=m, seed=args.seed)
                 mr.train(uni, data, epochs=args.pretrain_epochs, seed=args.seed, quiet=True)
-            u_clean, u_adv, u_flags = single_attack(uni, test, m, args.steps, args.seed)
-            f_clean, f_adv, f_flags = single_attack(fused, test, m, args.steps, args.seed)
+            u_clean, u_adv, u_flags = single_attack(uni, test, m, args)
+            f_clean, f_adv, f_flags = single_attack(fused, test, m, args)
             uni_rows.append({
                 "fusion": fusion, "modality": m, "eps": EPS[m], "unimodal_clean": u_clean, "unimodal_attacked": u_adv,
                 "fusion_clean": f_clean, "fusion_attacked_m": f_adv, "fusion_attacked_all": all_acc,
@@ -251,7 +280,8 @@ def main() -> None:
     wall, cpu_all = time.perf_counter() - t0, time.process_time() - cpu0
     out = Path(args.out)
     cfg = {"epochs": args.epochs, "finetune_epochs": args.finetune_epochs, "pretrain_epochs": args.pretrain_epochs,
-           "protocols": protocols, "n": len(test), "steps": args.steps, "at_steps": args.at_steps, "seed": args.seed,
+           "protocols": protocols, "n": len(test), "steps": args.steps, "restarts": args.restarts,
+           "auto": args.auto, "at_steps": args.at_steps, "seed": args.seed,
            "eps": EPS, "fusions": fusions, "models": args.models, "part2_models": source, "out": args.out}
     timing = {"wall_seconds": round(wall, 1), "cpu_seconds": round(cpu_all, 1),
               "load_average": {"start": [round(v, 2) for v in load0], "end": [round(v, 2) for v in os.getloadavg()]}}
@@ -269,6 +299,7 @@ def command(args: argparse.Namespace) -> str:
         parts.append(f"--models {args.models}")
     parts += [f"--fusions {args.fusions}", f"--protocols {args.protocols}", f"--epochs {args.epochs}",
               f"--finetune-epochs {args.finetune_epochs}", f"--n {args.n}", f"--steps {args.steps}",
+              f"--restarts {args.restarts}", f"--auto {args.auto}",
               f"--at-steps {args.at_steps}", f"--seed {args.seed}"]
     if not args.models:
         parts.append(f"--pretrain-epochs {args.pretrain_epochs}")
@@ -289,6 +320,23 @@ PROTOCOL_TEXT = {
 }
 
 
+def attack_text(cfg: dict[str, Any]) -> str:
+    """The evaluation attack in words (older JSON files have no ``restarts`` / ``auto``: PGD, one run)."""
+    restarts, auto = cfg.get("restarts", 1), cfg.get("auto", "none")
+    pgd = (f"ℓ∞ PGD, {cfg['steps']} steps, random start, step 2.5·ε/steps, CE loss, best iterate"
+           + (f", {restarts} restarts" if restarts > 1 else ""))
+    if auto == "none":
+        return pgd
+    return (f"per sample the worst of {pgd} and the standard evaluation `auto` (version `{auto}`: APGD-CE → "
+            "APGD-T → Square, docs/attacks.md); PGD alone in brackets")
+
+
+def cell(r: dict[str, Any], m: str) -> str:
+    """A per-modality accuracy, with the PGD part alone in brackets where the row has it."""
+    pgd = r.get(f"pgd/{m}")
+    return pct(r.get(m)) + ("" if pgd is None else f" ({pct(pgd)})")
+
+
 def render(rows, uni_rows, cfg, cmd, timing, cpu: str = "a 2-core machine") -> str:
     eps = ", ".join(f"{m} {e:g}" for m, e in EPS.items())
     load = timing["load_average"]["start"][0]
@@ -303,11 +351,11 @@ def render(rows, uni_rows, cfg, cmd, timing, cpu: str = "a 2-core machine") -> s
         "selection on the validation accuracy). Training cost is the process CPU time of the training call: one "
         "thread, so it is the compute spent and hardly affected by the other jobs (wall time, which they do affect, is "
         "listed too). "
-        f"Attacks: ℓ∞ PGD, {cfg['steps']} steps, random start, step 2.5·ε/steps, CE loss, ε = {eps} (text in "
-        f"token-embedding units), on the first {cfg['n']} test samples; one modality attacked at a time, and the "
-        "per-sample worst case over the three (`modalities=\"each\"`). Adversarial training uses "
-        f"PGD-{cfg['at_steps']} at the same ε with loss 0.5·clean + 0.5·adversarial. The defences only change the "
-        "weights, so white-box PGD through the trained model is the adaptive attack. *Branch* columns: clean "
+        f"Attacks: {attack_text(cfg)}, ε = {eps} (text in token-embedding units), on the first {cfg['n']} test "
+        "samples; one modality attacked at a time, and the per-sample worst case over the three. Adversarial "
+        f"training uses PGD-{cfg['at_steps']} at the same ε with loss 0.5·clean + 0.5·adversarial. The defences "
+        "only change the weights, so white-box attacks through the trained model are the adaptive ones. "
+        "*Branch* columns: clean "
         "accuracy of each modality's own branch (late fusion: its unimodal logits), which tells whether the model "
         "still uses that modality at all (10 % = chance). Convexity / density: mean over the three modality spaces "
         "on the same test samples (docs/geometry.md; 200 pairs per class, k = 10).",
@@ -325,7 +373,7 @@ def render(rows, uni_rows, cfg, cmd, timing, cpu: str = "a 2-core machine") -> s
                 "",
                 f"Here {how}.",
                 "",
-                "| row | train CPU s | × plain | wall s | clean | PGD image | PGD audio | PGD text | "
+                "| row | train CPU s | × plain | wall s | clean | image attacked | audio attacked | text attacked | "
                 "worst case (each) | branch image / audio / text | convexity | density |",
                 "|---|---|---|---|---|---|---|---|---|---|---|---|",
             ]
@@ -335,7 +383,7 @@ def render(rows, uni_rows, cfg, cmd, timing, cpu: str = "a 2-core machine") -> s
                 branches = " / ".join(pct(r.get(f"branch/{m}")) for m in MODS)
                 lines.append(
                     f"| {r['key']} | {r['train_cpu_seconds']:.0f} | {cost_s} | {r['train_seconds']:.0f} | "
-                    f"{pct(r['clean'])} | {pct(r.get('image'))} | {pct(r.get('audio'))} | {pct(r.get('text'))} | "
+                    f"{pct(r['clean'])} | {cell(r, 'image')} | {cell(r, 'audio')} | {cell(r, 'text')} | "
                     f"**{pct(r['each'])}** | {branches} | {r['convexity']:.3f} | {r['density']:.3f} |"
                 )
             lines += ["", *summary(rs), ""]
@@ -372,7 +420,7 @@ def render(rows, uni_rows, cfg, cmd, timing, cpu: str = "a 2-core machine") -> s
         lines += [
             "## Are multimodal models more robust than unimodal ones?",
             "",
-            f"Models {cfg['part2_models']}. Same ℓ∞ PGD on one modality (ε as above) for the unimodal model of that "
+            f"Models {cfg['part2_models']}. The same attack on one modality (as above) for the unimodal model of that "
             "modality and for the fusion model (the other two modalities clean); last column: the fusion model "
             "with all three modalities attacked at once, each within its own ε.",
             "",
