@@ -58,8 +58,8 @@ def _modalities_of(row: dict[str, Any], samples: dict[str, np.ndarray]) -> list[
     mods = row.get("modalities", "")
     if mods == "each":
         prefix = _key(f"info/{row['condition']}/success/")
-        norm = _key(f"info/{row['condition']}/norm/")  # modalities only: auto's per-attack flags share the prefix
-        found = [k[len(prefix):] for k in samples if k.startswith(prefix) and norm + k[len(prefix):] in samples]
+        ran = _key(f"info/{row['condition']}/ran/")  # modalities only: auto's per-attack flags come with ran/<label>
+        found = [k[len(prefix):] for k in samples if k.startswith(prefix) and ran + k[len(prefix):] not in samples]
         return sorted(found, key=lambda m: (MODALITY_ORDER.index(m) if m in MODALITY_ORDER else 99, m))
     return [mods] if mods and "+" not in mods else []
 

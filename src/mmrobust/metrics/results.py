@@ -127,9 +127,9 @@ def modality_worst_case(result: Any, condition: str) -> dict[str, Any]:
     """
     cid = _resolve(result, condition)["condition"]
     prefix = f"info/{cid}/success/"
-    # modalities only: auto's per-attack flags (success/apgd-ce, ...) share the prefix, and a modality has a norm
+    # modalities only: auto's per-attack flags (success/apgd-ce, ...) share the prefix and come with ran/<label>
     mods = [k[len(prefix) :] for k in result.samples
-            if k.startswith(prefix) and f"info/{cid}/norm/{k[len(prefix):]}" in result.samples]
+            if k.startswith(prefix) and f"info/{cid}/ran/{k[len(prefix):]}" not in result.samples]
     if not mods:
         raise InputError(
             f"condition {cid!r} has no per-modality success flags ({prefix}<m>); only gradient attacks with "
