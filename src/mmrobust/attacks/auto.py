@@ -379,27 +379,14 @@ class Auto(GradientAttack):
                     var, recorded = singles[m]._run_one(label, cond, sub, ctx)
                     for k in getattr(cond, "counters", ()):
                         info[f"{k}/{label}"][idx] += recorded[k].to(info[f"{k}/{label}"])
-                    with torch.no_grad():
-                        logits = sub.logits(var)
-                    margin = cw_loss(logits, sub.y)
-                    wrong = logits.argmax(1) != sub.y
-                    keep = wrong | (margin > loss[m][idx])
-                    rows = idx[keep]
-                    for k in adv[m]:
-                        adv[m][k][rows] = var[k][keep]
-                    loss[m][rows] = margin[keep]
+                    wrong = _keep_better(sub, var, idx, adv[m], loss[m])
                     ran[idx] = True
                     ran_m[m][idx] = True
                     broke[idx[wrong]] = True
                     broken_by[idx[wrong]] = i
                     via[idx[wrong]] = j
                     found = found | broke
-                info[f"success/{label}"] = broke
-                info[f"ran/{label}"] = ran
-                if black_box:
-                    box_any |= broke
-                else:
-                    grad_any |= broke
+                _record_stage(info, label, ran, broke, box_any if black_box else grad_any)
             losses = torch.stack([loss[m] for m in names], 1)
             chosen = torch.where(via >= 0, via, losses.argmax(1))
             outs = {m: objs[m].output(adv[m], loss[m], via == j) for j, m in enumerate(names)}
@@ -458,25 +445,12 @@ class Auto(GradientAttack):
                 var, recorded = self._run_one(label, cond, sub, ctx)
                 for k in getattr(cond, "counters", ()):
                     info[f"{k}/{label}"][idx] = recorded[k].to(info[f"{k}/{label}"])
-                with torch.no_grad():
-                    logits = sub.logits(var)
-                margin = cw_loss(logits, sub.y)
-                wrong = logits.argmax(1) != sub.y
-                keep = wrong | (margin > loss[idx])  # broken, or closer to the boundary than before
-                rows = idx[keep]
-                for m in adv:
-                    adv[m][rows] = var[m][keep]
-                loss[rows] = margin[keep]
+                wrong = _keep_better(sub, var, idx, adv, loss)
                 ran[idx] = True
                 broke[idx[wrong]] = True
                 broken_by[idx[wrong]] = i
                 found = found | broke
-            info[f"success/{label}"] = broke
-            info[f"ran/{label}"] = ran
-            if black_box:
-                box_any |= broke
-            else:
-                grad_any |= broke
+            _record_stage(info, label, ran, broke, box_any if black_box else grad_any)
         info["broken_by"] = broken_by
         info["black_box_only"] = box_any & ~grad_any
         return adv, loss, found, info
@@ -524,6 +498,33 @@ class Auto(GradientAttack):
         grad_any = torch.stack([info[k] for k in grad]).any(0) if grad else none
         info["black_box_only"] = box_any & ~grad_any & (info["broken_by"] != CLEAN_WRONG)
         return info
+
+
+def _keep_better(
+    sub: Objective, var: Mapping[str, Tensor], idx: Tensor, adv: dict[str, Tensor], loss: Tensor
+) -> Tensor:
+    """Take one attack's points ``var`` on the rows ``idx`` where they beat the kept ones; returns its ``wrong`` flags.
+
+    A row takes the attack's point when the model misclassifies it, or when its CW margin is closer
+    to the boundary than the kept point's; ``adv`` and ``loss`` (the full batch) are updated in place.
+    """
+    with torch.no_grad():
+        logits = sub.logits(var)
+    margin = cw_loss(logits, sub.y)
+    wrong = logits.argmax(1) != sub.y
+    keep = wrong | (margin > loss[idx])
+    rows = idx[keep]
+    for k in adv:
+        adv[k][rows] = var[k][keep]
+    loss[rows] = margin[keep]
+    return wrong
+
+
+def _record_stage(info: dict[str, Tensor], label: str, ran: Tensor, broke: Tensor, broken_any: Tensor) -> None:
+    """One attack's per-sample record (``ran/<label>``, ``success/<label>``); ``broken_any`` |= ``broke`` in place."""
+    info[f"success/{label}"] = broke
+    info[f"ran/{label}"] = ran
+    torch.logical_or(broken_any, broke, out=broken_any)
 
 
 def _variable(out: Any, m: str, surface: str, clean: Tensor) -> Tensor:
