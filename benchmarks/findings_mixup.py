@@ -238,7 +238,8 @@ def main() -> None:
                     d = with_epochs(defense, epochs)
                     model = d.apply(start, data, seed=args.seed)
                     ident = d.id
-                    info = {k: v for k, v in model.defense_info.items() if k in ("mixed_fraction", "attacked_counts")}
+                    kept = ("mixed_fraction", "attacked_counts", "best_epoch")
+                    info = {k: v for k, v in model.defense_info.items() if k in kept}
                 seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
                 row = {"fusion": fusion, "protocol": protocol, "epochs": epochs, "key": key, "description": desc,
                        "defense": ident, "train_seconds": seconds, "train_cpu_seconds": cpu, **info,
@@ -415,6 +416,9 @@ def render(rows, uni_rows, cfg, cmd, timing, cpu: str = "a 2-core machine") -> s
     mixed = [f"{r['key']} ({r['protocol']}) {100 * r['mixed_fraction']:.0f}%" for r in rows if "mixed_fraction" in r]
     if mixed:
         lines += ["", "Share of training samples mixed: " + ", ".join(mixed) + "."]
+    chosen = [f"{r['key']} ({r['protocol']}) {r['best_epoch']}/{r['epochs']}" for r in rows if "best_epoch" in r]
+    if chosen:
+        lines += ["", "Epoch selected on validation (of the protocol's epochs): " + ", ".join(chosen) + "."]
     lines.append("")
     if uni_rows:
         lines += [
