@@ -34,10 +34,10 @@ from mmrobust.attacks.gradient import (
     AttackOutput,
     GradientAttack,
     Objective,
-    _rows,
     _validate,
     attack_mode,
     cw_loss,
+    single_source,
 )
 from mmrobust.attacks.registry import ATTACKS
 from mmrobust.errors import InputError, MMRobustError, UnsupportedError
@@ -390,24 +390,12 @@ class Auto(GradientAttack):
             losses = torch.stack([loss[m] for m in names], 1)
             chosen = torch.where(via >= 0, via, losses.argmax(1))
             outs = {m: objs[m].output(adv[m], loss[m], via == j) for j, m in enumerate(names)}
-        x_out = dict(x)
-        embeddings: dict[str, Tensor] = {}
+        x_out, embeddings, norms = single_source(model, x, names, outs, chosen)
         out_info: dict[str, Tensor] = {"success": found, "loss": losses.gather(1, chosen[:, None]).squeeze(1),
-                                       "modality": chosen}
-        for j, m in enumerate(names):
-            take = chosen == j
-            out = outs[m]
-            if m in out.embeddings:
-                embeddings[m] = torch.where(_rows(take, out.embeddings[m]), out.embeddings[m], objs[m].origin[m])
-            elif bool(take.any()):
-                x_out[m] = torch.where(_rows(take, x[m]), out.x[m], x[m])
+                                       "modality": chosen, **norms}
+        for m in names:
             out_info[f"loss/{m}"] = loss[m]
             out_info[f"ran/{m}"] = ran_m[m]
-            norm = out.info[f"norm/{m}"]
-            out_info[f"norm/{m}"] = torch.where(take, norm, torch.zeros_like(norm))
-        for k in self.counters:
-            out_info[k] = sum((v for key, v in info.items() if key.startswith(f"{k}/")),
-                              torch.zeros(n, dtype=torch.long, device=dev))
         out_info.update(info)
         out_info["broken_by"] = broken_by
         out_info["black_box_only"] = box_any & ~grad_any

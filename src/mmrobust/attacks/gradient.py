@@ -544,25 +544,16 @@ class GradientAttack(Condition):
         # first success in model order, else the highest loss
         key = torch.where(succ, torch.full_like(loss, float("inf")), loss)
         first = torch.where(succ.any(1), succ.float().argmax(1), key.argmax(1))
-        x_out = dict(x)
-        embeddings: dict[str, Tensor] = {}
+        x_out, embeddings, norms = single_source(model, x, names, outs, first)
         info: dict[str, Tensor] = {
             "success": succ.any(1),
             "loss": loss.gather(1, first[:, None]).squeeze(1),
             "modality": first,
+            **norms,
         }
-        for i, m in enumerate(names):
-            take = first == i
-            out = outs[m]
-            if m in out.embeddings:
-                with torch.no_grad():
-                    clean = model.embed(m, x[m])
-                embeddings[m] = torch.where(_rows(take, clean), out.embeddings[m], clean)
-            elif bool(take.any()):
-                x_out[m] = torch.where(_rows(take, x[m]), out.x[m], x[m])
-            info[f"success/{m}"] = out.info["success"]
-            info[f"loss/{m}"] = out.info["loss"]
-            info[f"norm/{m}"] = torch.where(take, out.info[f"norm/{m}"], torch.zeros_like(out.info[f"norm/{m}"]))
+        for m in names:
+            info[f"success/{m}"] = outs[m].info["success"]
+            info[f"loss/{m}"] = outs[m].info["loss"]
         for k in self.counters:  # e.g. model queries: every modality's attack spent them
             for m in names:
                 info[f"{k}/{m}"] = outs[m].info[k]
@@ -583,6 +574,39 @@ class GradientAttack(Condition):
     @abstractmethod
     def _perturb(self, obj: Objective, ctx: EvalContext) -> tuple[dict[str, Tensor], Tensor, Tensor]:
         """Return the adversarial variables ``{m: x'_m}`` and their per-sample loss and success."""
+
+
+def single_source(
+    model: Any, x: Mapping[str, Tensor], names: Sequence[str], outs: Mapping[str, AttackOutput], chosen: Tensor
+) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
+    """One single-source batch from per-modality attack outputs: per sample, modality ``chosen`` perturbed.
+
+    Args:
+        model: The attacked model (clean token embeddings come from ``model.embed``).
+        x: The clean batch.
+        names: The attacked modalities, in order.
+        outs: Each modality's own attack output on the whole batch.
+        chosen: (N,) per sample, the index into ``names`` of the modality whose perturbation it keeps.
+
+    Returns:
+        ``(x, embeddings, norms)``: the batch with each sample's chosen modality perturbed and the
+        others clean, the token embeddings likewise, and ``norm/<m>`` (0 where m was not chosen).
+    """
+    x_out = dict(x)
+    embeddings: dict[str, Tensor] = {}
+    norms: dict[str, Tensor] = {}
+    for i, m in enumerate(names):
+        take = chosen == i
+        out = outs[m]
+        if m in out.embeddings:
+            with torch.no_grad():
+                clean = model.embed(m, x[m])
+            embeddings[m] = torch.where(_rows(take, clean), out.embeddings[m], clean)
+        elif bool(take.any()):
+            x_out[m] = torch.where(_rows(take, x[m]), out.x[m], x[m])
+        norm = out.info[f"norm/{m}"]
+        norms[f"norm/{m}"] = torch.where(take, norm, torch.zeros_like(norm))
+    return x_out, embeddings, norms
 
 
 def _rows(flags: Tensor, like: Tensor) -> Tensor:

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from mmrobust.bench.results import headline_rows, read_rows
+from mmrobust.metrics.results import each_modalities
 from mmrobust.reliability import FLAG_DOCS
 from mmrobust.utils.io import atomic_write, write_text
 
@@ -57,9 +58,7 @@ def radius_of(eps: str, modality: str) -> float | None:
 def _modalities_of(row: dict[str, Any], samples: dict[str, np.ndarray]) -> list[str]:
     mods = row.get("modalities", "")
     if mods == "each":
-        prefix = _key(f"info/{row['condition']}/success/")
-        ran = _key(f"info/{row['condition']}/ran/")  # modalities only: auto's per-attack flags come with ran/<label>
-        found = [k[len(prefix):] for k in samples if k.startswith(prefix) and ran + k[len(prefix):] not in samples]
+        found = each_modalities(samples, row["condition"], key=_key)
         return sorted(found, key=lambda m: (MODALITY_ORDER.index(m) if m in MODALITY_ORDER else 99, m))
     return [mods] if mods and "+" not in mods else []
 

@@ -12,7 +12,7 @@ scalars are floats.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -113,6 +113,17 @@ def _worst(cols: dict[str, torch.Tensor], clean: torch.Tensor) -> dict[str, Any]
     }
 
 
+def each_modalities(samples: Mapping[str, Any], condition: str, key: Callable[[str], str] = str) -> list[str]:
+    """The modalities whose own outcome a ``modalities="each"`` condition recorded (``info/<id>/success/<m>``).
+
+    ``auto``'s per-attack flags (``success/apgd-ce``, ...) share the prefix; they come with a
+    ``ran/<label>`` beside them, a modality's flag does not. ``key`` maps a samples name to how
+    ``samples`` stores it (e.g. the ``.npz`` spelling of a run folder).
+    """
+    prefix, ran = key(f"info/{condition}/success/"), key(f"info/{condition}/ran/")
+    return [k[len(prefix):] for k in samples if k.startswith(prefix) and ran + k[len(prefix):] not in samples]
+
+
 def modality_worst_case(result: Any, condition: str) -> dict[str, Any]:
     """Per-modality outcomes and the per-sample worst case over modalities of a ``modalities="each"`` attack.
 
@@ -127,9 +138,7 @@ def modality_worst_case(result: Any, condition: str) -> dict[str, Any]:
     """
     cid = _resolve(result, condition)["condition"]
     prefix = f"info/{cid}/success/"
-    # modalities only: auto's per-attack flags (success/apgd-ce, ...) share the prefix and come with ran/<label>
-    mods = [k[len(prefix) :] for k in result.samples
-            if k.startswith(prefix) and f"info/{cid}/ran/{k[len(prefix):]}" not in result.samples]
+    mods = each_modalities(result.samples, cid)
     if not mods:
         raise InputError(
             f"condition {cid!r} has no per-modality success flags ({prefix}<m>); only gradient attacks with "
